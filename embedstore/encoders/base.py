@@ -1,0 +1,146 @@
+"""Encoder base class and the one batching loop every family shares.
+
+An encoder turns raw contents (text, later image bytes or sequences) into float32 vectors. Subclasses say how to
+prepare a batch (tokenise, decode: runs in a prefetch thread, overlapping the model) and how to run it; the
+loop here sorts by length, batches (fixed count on CPU, token budget on CUDA), restores input order and checks
+that every vector is finite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+import numpy as np
+
+
+@dataclass
+class Embedded:
+    """Vectors for a list of inputs, in input order, plus per-input facts the store records."""
+
+    vectors: np.ndarray                  # float32 [n, dim]
+    n_tokens: np.ndarray | None = None   # int [n] input length in model units before truncation
+    truncated: np.ndarray | None = None  # bool [n]
+
+
+class Encoder(ABC):
+    """Lazy: constructing one reads no weights; `fingerprint` and `dim` may load what they need."""
+
+    scheme: ClassVar[str]
+    modality: ClassVar[str]
+    batch_size: int = 32
+    token_budget: int = 65_536  # padded tokens per batch on CUDA
+
+    def __init__(self, spec: str, name: str, options: dict[str, str]):
+        self.spec = spec
+        self.name = name
+        self.options = dict(options)
+
+    # -- identity ------------------------------------------------------------------------------------------
+    @abstractmethod
+    def identity(self) -> dict:
+        """Everything that changes the vectors (weights hash, preprocessing, pooling...), never the device."""
+
+    @cached_property
+    def fingerprint(self) -> str:
+        blob = json.dumps({"scheme": self.scheme, **self.identity()}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    @abstractmethod
+    def dim(self) -> int: ...
+
+    def versions(self) -> dict:
+        import numpy
+        return {"numpy": numpy.__version__}
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    @property
+    def dtype(self) -> str:
+        return "float32"
+
+    # -- per-item checks -----------------------------------------------------------------------------------
+    def skip_reason(self, content: Any) -> str | None:
+        """Why this input cannot be embedded (recorded with the item), or None."""
+        return None
+
+    def length(self, content: Any) -> int:
+        """Sort key for batching: inputs of similar length share a batch (less padding)."""
+        return 0
+
+    # -- the batching loop ---------------------------------------------------------------------------------
+    def prepare(self, contents: list) -> Any:
+        """CPU-side work for one batch (tokenise, decode); runs in a prefetch thread."""
+        return contents
+
+    @abstractmethod
+    def run(self, prepared: Any) -> Embedded:
+        """The model on one prepared batch; returns vectors on the CPU, in batch order."""
+
+    def plan_batches(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Indices into the inputs, longest first; on CUDA batches are cut by a padded-token budget."""
+        order = np.argsort(-lengths, kind="stable")
+        if not self.device.startswith("cuda") or not lengths.any():
+            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches, start = [], 0
+        while start < len(order):
+            longest = max(int(lengths[order[start]]), 1)
+            size = max(1, self.token_budget // longest)
+            batches.append(order[start:start + size])
+            start += size
+        return batches
+
+    def embed(self, contents: Sequence, progress: Callable[[int], None] | None = None) -> Embedded:
+        """Embed in length-sorted batches, tokenising the next batch while the model runs this one."""
+        n = len(contents)
+        if n == 0:
+            return Embedded(np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64), np.zeros(0, bool))
+        lengths = np.fromiter((self.length(c) for c in contents), dtype=np.int64, count=n)
+        batches = self.plan_batches(lengths)
+        vectors = np.empty((n, self.dim), dtype=np.float32)
+        n_tokens = np.full(n, -1, dtype=np.int64)
+        truncated = np.zeros(n, dtype=bool)
+        for idx, out in zip(batches, self._pipelined(contents, batches)):
+            vectors[idx] = out.vectors
+            if out.n_tokens is not None:
+                n_tokens[idx] = out.n_tokens
+            if out.truncated is not None:
+                truncated[idx] = out.truncated
+            if progress:
+                progress(len(idx))
+        return Embedded(vectors, n_tokens if (n_tokens >= 0).any() else None, truncated)
+
+    def _pipelined(self, contents: Sequence, batches: list[np.ndarray]) -> Iterator[Embedded]:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedstore-prepare") as pool:
+            pending = [pool.submit(self.prepare, [contents[i] for i in idx]) for idx in batches[:2]]
+            for b in range(len(batches)):
+                prepared = pending[b].result()
+                if b + 2 < len(batches):
+                    idx = batches[b + 2]
+                    pending.append(pool.submit(self.prepare, [contents[i] for i in idx]))
+                pending[b] = None  # free the prepared batch once consumed
+                yield self.run(prepared)
+
+
+def hash_files(root: str | os.PathLike, skip: Callable[[str], bool] = lambda rel: False) -> dict[str, str]:
+    """sha256 of every file under `root` (relative path -> digest), so the same weights anywhere agree."""
+    out: dict[str, str] = {}
+    from embedstore.fsutil import sha256_file
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in sorted(filenames):
+            full = os.path.join(dirpath, fn)
+            rel = os.path.relpath(full, root)
+            if fn.startswith(".") or skip(rel):
+                continue
+            out[rel] = sha256_file(full)
+    return out

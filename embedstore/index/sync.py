@@ -1,0 +1,132 @@
+"""Keep a (dataset, encoder) FAISS index equal to what DuckDB holds.
+
+On open: a missing, corrupt or stale file is rebuilt from DuckDB, or caught up when it reflects a prefix of the
+current items (every item id up to the sidecar's `max_id` unchanged). Writers persist at checkpoints and at the
+end of an ingest; read-only openers catch up in memory and never write files.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedstore.errors import CorruptFileError
+from embedstore.index.faiss_index import VectorIndex, choose_factory
+from embedstore.store.db import first
+from embedstore.store.features import iter_vectors
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from embedstore.store.store import EncoderRecord, Store
+
+log = logging.getLogger("embedstore")
+TRAIN_PER_LIST = 39   # FAISS' own minimum points per centroid
+TUNE_QUERIES = 200
+
+
+def db_state(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord",
+             max_id: int | None = None) -> dict:
+    """count, xor of id hashes and max id of the items an index should hold (optionally ids <= max_id)."""
+    extra, args = ("AND i.item_id <= ?", [max_id]) if max_id is not None else ("", [])
+    n, xor, top = first(
+        con, f"SELECT count(*), coalesce(bit_xor(hash(i.item_id)), 0)::VARCHAR, coalesce(max(i.item_id), 0) "
+        f"FROM items i JOIN {record.table} e ON e.content_hash = i.content_hash "
+        f"WHERE i.dataset = ? AND i.status = 'ok' {extra}", [dataset, *args])
+    return {"count": int(n), "xor": xor, "max_id": int(top)}
+
+
+class LiveIndex:
+    """The in-memory index of one (dataset, encoder), with how it was obtained (`origin`)."""
+
+    def __init__(self, store: "Store", dataset: str, record: "EncoderRecord", index: VectorIndex, origin: str):
+        self.store, self.dataset, self.record = store, dataset, record
+        self.index = index
+        self.origin = origin          # "loaded" | "caught-up" | "rebuilt" | "new"
+        self.dirty = origin != "loaded"
+        self.unsaved = 0
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.index.add(ids, vectors)
+        self.dirty = True
+        self.unsaved += len(ids)
+
+    def remove(self, ids: np.ndarray) -> None:
+        if self.index.remove(ids):
+            self.dirty = True
+
+    def persist(self) -> None:
+        """Write the index and its sidecar (writers only); re-choose the factory when the size outgrew it."""
+        if self.store.read_only or not self.dirty:
+            return
+        with self.store.connect() as con:
+            state = db_state(con, self.dataset, self.record)
+            if state["count"] != self.index.ntotal or _outgrown(self.index, state["count"]):
+                if state["count"] != self.index.ntotal:
+                    log.warning("index %s/%s holds %d vectors but the database %d; rebuilding",
+                                self.dataset, self.record.short, self.index.ntotal, state["count"])
+                self.index = build(con, self.dataset, self.record, state["count"])
+        self.index.save(self.store.index_path(self.dataset, self.record), state)
+        self.dirty, self.unsaved = False, 0
+
+
+def _outgrown(index: VectorIndex, n: int) -> bool:
+    wanted = choose_factory(n)
+    if wanted.startswith("IVF") != index.factory.startswith("IVF"):
+        return True
+    return index.factory.startswith("IVF") and n > 4 * index.params.get("trained_on", n)
+
+
+def build(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord", n: int) -> VectorIndex:
+    """A fresh index over everything DuckDB holds for (dataset, encoder)."""
+    index = VectorIndex.create(record.dim, choose_factory(n))
+    if index.needs_training:
+        nlist = index.index.nlist
+        frac = min(1.0, (nlist * TRAIN_PER_LIST * 1.2) / max(n, 1))
+        sample = np.concatenate([x for _, x in iter_vectors(
+            con, dataset, record, "AND hash(i.item_id) % 1000000 < ?", [int(frac * 1_000_000)])])
+        index.train(sample)
+        index.params["trained_on"] = n
+    for ids, x in iter_vectors(con, dataset, record):
+        index.add(ids, x)
+    if index.factory.startswith("IVF") and n:
+        rng = np.random.default_rng(0)
+        pick = np.sort(rng.choice(n, size=min(TUNE_QUERIES, n), replace=False))
+        queries, seen = [], 0
+        for _, x in iter_vectors(con, dataset, record):
+            local = pick[(pick >= seen) & (pick < seen + len(x))] - seen
+            queries.append(x[local])
+            seen += len(x)
+        index.tune(np.concatenate(queries))
+    return index
+
+
+def open_index(store: "Store", dataset: str, record: "EncoderRecord") -> LiveIndex:
+    path = store.index_path(dataset, record)
+    with store.connect() as con:
+        now = db_state(con, dataset, record)
+        try:
+            index, meta = VectorIndex.load(path)
+        except CorruptFileError as e:
+            if path.exists() or path.with_suffix(".json").exists():
+                log.warning("%s; rebuilding it from the database (%d vectors)", e, now["count"])
+            live = LiveIndex(store, dataset, record, build(con, dataset, record, now["count"]),
+                             "rebuilt" if path.exists() or path.with_suffix(".json").exists() else "new")
+        else:
+            saved = meta.get("state") or {}
+            if saved == now:
+                return LiveIndex(store, dataset, record, index, "loaded")
+            prefix = db_state(con, dataset, record, max_id=saved.get("max_id", -1))
+            if index.ntotal == saved.get("count") and {k: prefix[k] for k in ("count", "xor")} == \
+                    {k: saved.get(k) for k in ("count", "xor")}:
+                live = LiveIndex(store, dataset, record, index, "caught-up")
+                for ids, x in iter_vectors(con, dataset, record, "AND i.item_id > ?", [saved["max_id"]]):
+                    live.add(ids, x)
+            else:
+                log.warning("index %s is stale (database changed beyond appends); rebuilding", path)
+                live = LiveIndex(store, dataset, record, build(con, dataset, record, now["count"]), "rebuilt")
+    if not store.read_only:
+        live.persist()
+    return live

@@ -1,0 +1,284 @@
+"""Readers: every source becomes a stream of Records (key, content, label, meta) in source order.
+
+Tables (CSV/TSV/JSONL/Parquet, DataFrames, iterables of dicts) key rows by `--id-column`, else
+`<file name>:<row>` (data rows counted from 1); files of a directory are keyed by their path relative to it and
+labelled by their parent folder when they sit in one. Nothing here embeds or normalises.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from embedstore.errors import InputError
+
+csv.field_size_limit(sys.maxsize)
+
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                  ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass
+class Record:
+    key: str
+    content: Any                    # str for text; None when the row could not be read
+    label: str | None = None
+    meta: dict | None = None
+    source: str | None = None
+    reason: str | None = None       # why the row is skipped (recorded with the item)
+
+
+@dataclass
+class TableOptions:
+    text_column: str = "text"
+    label_column: str | None = None
+    id_column: str | None = None
+    sep: str | None = None          # default from the suffix: tab for .tsv, comma for .csv
+    quoting: str = "auto"           # auto (none for TSV, minimal for CSV) | none | minimal
+    header: bool = True
+    columns: list[str] | None = None
+    encoding: str = "utf-8"
+    format: str | None = None       # csv | tsv | jsonl | parquet | dir | txt; default from the path
+
+
+@dataclass
+class Source:
+    """An iterable of Records with a name (items' `source`) and, when cheap to know, the row count."""
+
+    name: str
+    records: Iterable[Record]
+    total: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+
+# -- rows -> records -----------------------------------------------------------------------------------------
+def _str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value != value:  # NaN from a DataFrame
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+class _RowMapper:
+    """Turns row dicts into Records; checks the columns once, against the first row's keys or the header."""
+
+    def __init__(self, name: str, opts: TableOptions, columns: list[str] | None):
+        self.name, self.opts = name, opts
+        self.used = {c for c in (opts.text_column, opts.label_column, opts.id_column) if c}
+        if columns is not None:
+            self.check(columns)
+
+    def check(self, columns: Iterable[str]) -> None:
+        found = list(columns)
+        for what, col in (("text", self.opts.text_column), ("label", self.opts.label_column),
+                          ("id", self.opts.id_column)):
+            if col and col not in found:
+                raise InputError(f"{self.name}: {what} column {col!r} not found; columns found: {found}. "
+                                 f"Pass --{what}-column with one of them" +
+                                 ("" if self.opts.header else " (with --no-header, columns are named by "
+                                  "--columns, else 1, 2, 3, ...)"))
+
+    def record(self, row: dict, rownum: int, reason: str | None = None) -> Record:
+        o = self.opts
+        key = _str(row.get(o.id_column)) if o.id_column else None
+        if not key:
+            key = f"{self.name}:{rownum}"
+        text = _str(row.get(o.text_column))
+        if text is None and reason is None:
+            reason = f"no value in text column {o.text_column!r}"
+        meta = {k: v for k, v in row.items() if k not in self.used and k is not None} or None
+        return Record(key, text, _str(row.get(o.label_column)) if o.label_column else None, meta,
+                      self.name, reason)
+
+
+# -- files ---------------------------------------------------------------------------------------------------
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _count_lines(path: Path) -> int | None:
+    if path.suffix == ".gz":
+        return None
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
+
+
+def _decoded_lines(path: Path, encoding: str, state: dict) -> Iterator[str]:
+    """Lines decoded one by one, so an undecodable byte is reported with its line number."""
+    with _open_binary(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            state["line"] = lineno
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{lineno}: cannot decode byte {raw[e.start:e.start + 1]!r} at column "
+                                 f"{e.start + 1} as {encoding}; pass --encoding (e.g. latin-1 or cp1252) "
+                                 "with the file's real encoding") from None
+            if lineno == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+            yield line
+
+
+def _table_format(path: Path, opts: TableOptions) -> str:
+    if opts.format:
+        return opts.format
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    fmt = TABLE_SUFFIXES.get(suffixes[-1].lower() if suffixes else "")
+    if fmt is None:
+        raise InputError(f"{path}: cannot tell the format from the suffix; expected one of "
+                         f"{sorted(TABLE_SUFFIXES)} (optionally .gz) or a directory; pass --format")
+    return fmt
+
+
+def _csv_records(path: Path, opts: TableOptions, fmt: str) -> Iterator[Record]:
+    sep = opts.sep or ("\t" if fmt == "tsv" else ",")
+    quoting = opts.quoting if opts.quoting != "auto" else ("none" if fmt == "tsv" else "minimal")
+    if quoting not in ("none", "minimal"):
+        raise InputError(f"--quoting must be auto, none or minimal, not {opts.quoting!r}")
+    state = {"line": 0}
+    reader = csv.reader(_decoded_lines(path, opts.encoding, state), delimiter=sep,
+                        quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
+    if opts.header:
+        header = next(reader, None)
+        if header is None:
+            return
+        if opts.columns:
+            header = opts.columns
+    else:
+        header = opts.columns
+    mapper = _RowMapper(path.name, opts, header)
+    for rownum, fields in enumerate(reader, 1):
+        if header is None:
+            header = [str(i + 1) for i in range(len(fields))]
+            mapper.check(header)
+        if not fields:
+            continue  # a blank line is no row
+        reason = None
+        if len(fields) != len(header):
+            reason = (f"line {state['line']}: {len(fields)} fields, the header has {len(header)} "
+                      "(ragged row; check --sep and --quoting)")
+        yield mapper.record(dict(zip(header, fields)), rownum, reason)
+
+
+def _jsonl_records(path: Path, opts: TableOptions) -> Iterator[Record]:
+    mapper = _RowMapper(path.name, opts, None)
+    checked = False
+    rownum = 0
+    for lineno, line in enumerate(_decoded_lines(path, opts.encoding, {}), 1):
+        if not line.strip():
+            continue
+        rownum += 1
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, found {type(row).__name__}")
+        except ValueError as e:
+            yield Record(f"{path.name}:{rownum}", None, source=path.name, reason=f"line {lineno}: bad JSON ({e})")
+            continue
+        if not checked:
+            mapper.check(row.keys())
+            checked = True
+        yield mapper.record(row, rownum)
+
+
+def _parquet_records(path: Path, opts: TableOptions) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+    pf = pq.ParquetFile(path)
+    mapper = _RowMapper(path.name, opts, pf.schema_arrow.names)
+    rownum = 0
+    for batch in pf.iter_batches(batch_size=8192):
+        for row in batch.to_pylist():
+            rownum += 1
+            yield mapper.record(row, rownum)
+
+
+def _dir_records(root: Path, opts: TableOptions) -> Iterator[Record]:
+    for path in sorted(p for p in root.rglob("*.txt") if p.is_file()):
+        rel = path.relative_to(root)
+        label = rel.parent.name if rel.parent != Path(".") else None
+        try:
+            text = path.read_bytes().decode(opts.encoding)
+            reason = None
+        except UnicodeDecodeError as e:
+            text, reason = None, f"cannot decode byte {e.object[e.start:e.start + 1]!r} at offset {e.start} as " \
+                                 f"{opts.encoding}; pass --encoding"
+        yield Record(rel.as_posix(), text.removeprefix("\ufeff") if text else text, label, None,
+                     root.name, reason)
+
+
+# -- python objects ----------------------------------------------------------------------------------------------
+def _frame_rows(frame: Any) -> tuple[list[str], Iterator[dict]] | None:
+    mod = type(frame).__module__.split(".")[0]
+    if mod == "pandas":
+        cols = [str(c) for c in frame.columns]
+        return cols, (dict(zip(cols, row)) for row in frame.itertuples(index=False, name=None))
+    if mod == "polars":
+        return list(frame.columns), frame.iter_rows(named=True)
+    if mod == "pyarrow":
+        return list(frame.column_names), (r for b in frame.to_batches() for r in b.to_pylist())
+    return None
+
+
+def _iterable_records(items: Iterable, name: str, opts: TableOptions) -> Iterator[Record]:
+    mapper = _RowMapper(name, opts, None)
+    checked = False
+    for rownum, item in enumerate(items, 1):
+        if isinstance(item, (str, bytes)):
+            yield Record(f"{name}:{rownum}", item if isinstance(item, str) else item.decode(opts.encoding),
+                         source=name)
+        elif isinstance(item, dict):
+            if not checked:
+                mapper.check(item.keys())
+                checked = True
+            yield mapper.record(item, rownum)
+        else:
+            raise InputError(f"{name}: item {rownum} is a {type(item).__name__}; expected str or dict rows")
+
+
+def open_source(source: Any, opts: TableOptions, name: str | None = None) -> Source:
+    """Any supported input as a Source; raises InputError naming what was expected."""
+    frame = _frame_rows(source)
+    if frame is not None:
+        cols, rows = frame
+        label = name or "dataframe"
+        _RowMapper(label, opts, cols)
+        return Source(label, (_RowMapper(label, opts, None).record(r, i) for i, r in enumerate(rows, 1)),
+                      total=len(source))
+    if isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise InputError(f"no such file or directory: {path}")
+        if path.is_dir() or opts.format == "dir":
+            return Source(path.name, _dir_records(path, opts), total=sum(1 for _ in path.rglob("*.txt")))
+        fmt = _table_format(path, opts)
+        if fmt in ("csv", "tsv"):
+            lines = _count_lines(path)
+            total = None if lines is None else max(lines - (1 if opts.header else 0), 0)
+            return Source(path.name, _csv_records(path, opts, fmt), total)
+        if fmt == "jsonl":
+            return Source(path.name, _jsonl_records(path, opts), _count_lines(path))
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+            return Source(path.name, _parquet_records(path, opts), pq.ParquetFile(path).metadata.num_rows)
+        raise InputError(f"unknown --format {fmt!r}; expected csv, tsv, jsonl, parquet or dir")
+    if isinstance(source, io.IOBase):
+        raise InputError("pass a path, a DataFrame or an iterable of str/dict rows, not an open file")
+    if hasattr(source, "__iter__"):
+        total = len(source) if hasattr(source, "__len__") else None
+        return Source(name or "python", _iterable_records(source, name or "python", opts), total)
+    raise InputError(f"cannot ingest a {type(source).__name__}: expected a path, a directory, a pandas/polars "
+                     "DataFrame, a pyarrow Table or an iterable of str/dict rows")

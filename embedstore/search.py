@@ -1,0 +1,147 @@
+"""Nearest neighbours of a text, an item or a vector within one (dataset, encoder), optionally filtered.
+
+Filters (`where=`) are a SQL predicate over the `items` columns (dataset, key, label, text, source, meta, ...)
+or a dict of column -> value (other names are read from the item's metadata). Small filtered sets are
+searched exactly from DuckDB; larger ones through the FAISS index with an id selector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import numpy as np
+
+from embedstore.errors import FingerprintMismatchError, InputError, NotFoundError
+from embedstore.store.db import first
+from embedstore.store.features import iter_vectors
+from embedstore.store.store import as_float32_matrix
+
+if TYPE_CHECKING:
+    from embedstore.store.store import EncoderRecord, Store
+
+EXACT_FILTER_MAX = 50_000  # filtered sets up to this size are scored exactly from DuckDB
+ITEM_COLUMNS = {"dataset", "key", "item_id", "content_hash", "text", "source", "label", "status", "reason"}
+
+
+@dataclass
+class Hit:
+    key: str
+    score: float       # cosine similarity
+    label: str | None
+    text: str | None
+    item_id: int
+
+    def __str__(self) -> str:
+        return f"{self.score:.4f}  {self.key}  [{self.label}]  {(self.text or '')[:80]}"
+
+
+def where_sql(where: str | dict | None) -> tuple[str, list]:
+    """A filter as ' AND (...)' plus parameters; a string predicate must be one plain expression."""
+    if where is None or where == "" or where == {}:
+        return "", []
+    if isinstance(where, dict):
+        parts, params = [], []
+        for col, value in where.items():
+            expr = f"i.{col}" if col in ITEM_COLUMNS else "json_extract_string(i.meta, ?)"
+            if col not in ITEM_COLUMNS:
+                params.append('$."' + str(col).replace('"', '\\"') + '"')
+            if isinstance(value, (list, tuple, set)):
+                parts.append(f"{expr} IN ({', '.join('?' * len(value))})")
+                params += [str(v) for v in value]
+            else:
+                parts.append(f"{expr} = ?")
+                params.append(None if value is None else str(value))
+        return " AND " + " AND ".join(parts), params
+    probe = f"SELECT 1 FROM items i WHERE ({where})"
+    try:
+        stmts = duckdb.extract_statements(probe)
+    except duckdb.Error as e:
+        raise InputError(f"cannot parse filter {where!r}: {e}") from None
+    if len(stmts) != 1 or stmts[0].type != duckdb.StatementType.SELECT:
+        raise InputError(f"filter {where!r} must be a single SQL expression over items columns")
+    return f" AND ({where})", []
+
+
+def _query_vector(store: "Store", dataset: str, record: "EncoderRecord", query: Any, key: str | None,
+                  vector: Any) -> tuple[np.ndarray, int | None]:
+    given = sum(x is not None for x in (query, key, vector))
+    if given != 1:
+        raise InputError("search needs exactly one of: a query (text), key= (an item), vector= (a vector)")
+    if vector is not None:
+        return as_float32_matrix(vector, record.dim), None
+    if key is not None:
+        with store.connect() as con:
+            row = first(con, f"SELECT i.item_id, e.vector FROM items i JOIN {record.table} e "
+                             "ON e.content_hash = i.content_hash WHERE i.dataset = ? AND i.key = ?", [dataset, key])
+        if row is None:
+            raise NotFoundError(f"no item {key!r} with a {record.spec} vector in dataset {dataset!r}")
+        return as_float32_matrix(row[1], record.dim), row[0]
+    return embed_query(store, record, query), None
+
+
+def embed_query(store: "Store", record: "EncoderRecord", content: Any) -> np.ndarray:
+    """A query's vector: from the cache when this exact content was embedded before, else by the encoder
+    (refusing an encoder whose fingerprint no longer matches the stored vectors)."""
+    from embedstore.ingest.hashing import content_hash
+    with store.connect() as con:
+        row = first(con, f"SELECT vector FROM {record.table} WHERE content_hash = ?", [content_hash(content)])
+    if row is not None:
+        return as_float32_matrix(row[0], record.dim)
+    from embedstore.encoders import get_encoder
+    enc = get_encoder(record.spec)
+    if enc.fingerprint != record.fingerprint:
+        raise FingerprintMismatchError(
+            f"encoder {record.spec!r} now has fingerprint {enc.fingerprint[:12]}, but the stored vectors were made "
+            f"with {record.short} (weights or settings changed); re-ingest with the current encoder")
+    reason = enc.skip_reason(content)
+    if reason:
+        raise InputError(f"cannot embed the query: {reason}")
+    return as_float32_matrix(enc.embed([content]).vectors, record.dim)
+
+
+def search(store: "Store", dataset: str, query: Any = None, k: int = 10, *, key: str | None = None,
+           vector: Any = None, where: str | dict | None = None, encoder: str = "") -> list[Hit]:
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    store.require_dataset(dataset)
+    record = store.resolve_encoder(encoder, dataset)
+    q, self_id = _query_vector(store, dataset, record, query, key, vector)
+    want = k + (self_id is not None)
+    clause, params = where_sql(where)
+    if clause:
+        with store.connect() as con:
+            allowed = np.asarray([r[0] for r in con.execute(
+                f"SELECT i.item_id FROM items i WHERE i.dataset = ? AND i.status = 'ok'{clause}",
+                [dataset, *params]).fetchall()], dtype=np.int64)
+            if len(allowed) <= EXACT_FILTER_MAX:
+                scores, ids = _exact(con, dataset, record, q, want, clause, params)
+            else:
+                scores, ids = store.index(dataset, record).index.search(q, want, allowed=allowed)
+    else:
+        scores, ids = store.index(dataset, record).index.search(q, want)
+    pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and i != self_id][:k]
+    return _hits(store, pairs)
+
+
+def _exact(con, dataset: str, record: "EncoderRecord", q: np.ndarray, k: int, clause: str, params: list):
+    qn = q / max(np.linalg.norm(q), 1e-12)
+    best_s, best_i = np.empty(0, np.float32), np.empty(0, np.int64)
+    for ids, x in iter_vectors(con, dataset, record, clause, params):
+        norms = np.linalg.norm(x, axis=1)
+        s = (x @ qn[0]) / np.maximum(norms, 1e-12)
+        best_s, best_i = np.concatenate([best_s, s]), np.concatenate([best_i, ids])
+        top = np.argsort(-best_s, kind="stable")[:k]
+        best_s, best_i = best_s[top], best_i[top]
+    return best_s[None, :], best_i[None, :]
+
+
+def _hits(store: "Store", pairs: list[tuple[float, int]]) -> list[Hit]:
+    if not pairs:
+        return []
+    with store.connect() as con:
+        rows = {r[0]: r[1:] for r in con.execute(
+            "SELECT item_id, key, label, text FROM items WHERE item_id IN (SELECT unnest(?))",
+            [[i for _, i in pairs]]).fetchall()}
+    return [Hit(rows[i][0], s, rows[i][1], rows[i][2], i) for s, i in pairs if i in rows]

@@ -1,0 +1,51 @@
+"""Read-only SQL over the store's documented tables and views.
+
+Statements other than queries (SELECT, WITH, EXPLAIN, DESCRIBE, SHOW, PRAGMA reads) are refused, COPY ... TO and
+other file exports included, unless `allow_writes=True` (CLI: --allow-writes) on a store opened for writing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import duckdb
+import pyarrow as pa
+
+from embedstore.errors import InputError
+from embedstore.store.db import arrow_table
+
+if TYPE_CHECKING:
+    from embedstore.store.store import Store
+
+READ_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+def check_read_only(query: str) -> None:
+    try:
+        stmts = duckdb.extract_statements(query)
+    except duckdb.Error as e:
+        raise InputError(f"cannot parse SQL: {e}") from None
+    if not stmts:
+        raise InputError("no SQL statement given")
+    for st in stmts:
+        if st.type not in READ_TYPES:
+            kind = st.type.name.lower()
+            raise InputError(f"refused a {kind} statement: `embedstore sql` is read-only (queries only; "
+                             "COPY/EXPORT to files too). Use --allow-writes to modify the store on purpose")
+
+
+def run_sql(store: "Store", query: str, params: Sequence | None = None, allow_writes: bool = False) -> pa.Table:
+    """Run `query` and return its result as an Arrow table (the last statement's, when there are several)."""
+    if not allow_writes:
+        check_read_only(query)
+    elif store.read_only:
+        raise InputError("--allow-writes needs a store opened for writing")
+    stmts = duckdb.extract_statements(query)
+    with store.connect() as con:
+        for st in stmts[:-1]:
+            con.execute(st).fetchall()
+        last = stmts[-1]
+        if last.type in READ_TYPES:
+            return arrow_table(con, last.query, list(params or []))
+        rows = con.execute(last, list(params or [])).fetchall()
+        return pa.table({"result": [str(r) for r in rows]})

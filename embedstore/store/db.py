@@ -1,0 +1,35 @@
+"""Small DuckDB helpers, in one place because DuckDB 2 changed how results are fetched.
+
+A result from `execute()` must be fetched to the end before the connection does anything else, and Arrow
+output comes copy-free only from a relation (`con.sql`).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import duckdb
+import pyarrow as pa
+
+BATCH_ROWS = 65_536
+
+
+def first(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence = ()) -> tuple | None:
+    """The first row of a query (or None), with the result fully consumed."""
+    rows = con.execute(sql, list(params)).fetchall()
+    return rows[0] if rows else None
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence = ()):
+    row = first(con, sql, params)
+    return None if row is None else row[0]
+
+
+def arrow_batches(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence = (),
+                  rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Stream a query as Arrow record batches."""
+    yield from con.sql(sql, params=list(params)).to_arrow_reader(rows)
+
+
+def arrow_table(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence = ()) -> pa.Table:
+    return con.sql(sql, params=list(params)).to_arrow_table()

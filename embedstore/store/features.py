@@ -1,0 +1,105 @@
+"""Vectors out of DuckDB into numpy, streamed through Arrow record batches into one preallocated matrix.
+
+Peak memory is the float32 matrix plus one record batch: no second full-size copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from embedstore.errors import NotFoundError
+from embedstore.store.db import BATCH_ROWS, arrow_batches, scalar
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from embedstore.store.store import EncoderRecord, Store
+
+
+def vector_block(column: pa.Array, dim: int) -> np.ndarray:
+    """A FixedSizeList<float> Arrow column as an [n, dim] float32 view (zero-copy where Arrow allows)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.astype(np.float32, copy=False).reshape(-1, dim)
+
+
+def label_expr(label: str) -> str:
+    """`label` is the ingest's --label-column; any other name reads that column from the item's metadata."""
+    return "i.label" if label == "label" else "json_extract_string(i.meta, ?)"
+
+
+def label_params(label: str) -> list:
+    return [] if label == "label" else ['$."' + label.replace('"', '\\"') + '"']
+
+
+def iter_vectors(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord",
+                 where: str = "", params: Sequence = (), batch_rows: int = BATCH_ROWS
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(item_ids, vectors) batches of the dataset's ok items that have a vector of `record`, by item id."""
+    sql = (f"SELECT i.item_id, e.vector FROM items i JOIN {record.table} e ON e.content_hash = i.content_hash "
+           f"WHERE i.dataset = ? AND i.status = 'ok' {where} ORDER BY i.item_id")
+    for batch in arrow_batches(con, sql, [dataset, *params], batch_rows):
+        yield (batch.column(0).to_numpy().astype(np.int64, copy=False),
+               vector_block(batch.column(1), record.dim))
+
+
+@dataclass
+class FeatureSet:
+    X: np.ndarray
+    y: np.ndarray | None
+    keys: list[str]
+    content_hashes: list[str]
+    item_ids: np.ndarray
+    fingerprints: list[str]
+    n_missing_vectors: int = 0
+    n_unlabelled: int = 0
+    specs: list[str] = field(default_factory=list)
+
+
+def load_features(store: "Store", dataset: str, records: list["EncoderRecord"], label: str | None,
+                  ) -> FeatureSet:
+    """Rows: ok items with vectors of every record (concatenated in order) and, if `label`, a label."""
+    store.require_dataset(dataset)
+    joins = " ".join(f"JOIN {r.table} e{j} ON e{j}.content_hash = i.content_hash" for j, r in enumerate(records))
+    lab = label_expr(label) if label else "NULL"
+    lparams = label_params(label) if label else []
+    base = f"FROM items i {joins} WHERE i.dataset = ? AND i.status = 'ok'"
+    with store.connect() as con:
+        n_ok = scalar(con, "SELECT count(*) FROM items WHERE dataset=? AND status='ok'", [dataset])
+        n_vec = scalar(con, f"SELECT count(*) {base}", [dataset])
+        filt = f" AND {lab} IS NOT NULL" if label else ""
+        n = scalar(con, f"SELECT count(*) {base}{filt}", [dataset, *lparams]) if label else n_vec
+        if n == 0:
+            what = f"with a {label!r} label " if label else ""
+            raise NotFoundError(f"dataset {dataset!r} has no items {what}with vectors of "
+                                f"{'+'.join(r.spec for r in records)} ({n_ok} ok items, {n_vec} with vectors)")
+        dims = [r.dim for r in records]
+        X = np.empty((n, sum(dims)), dtype=np.float32)
+        ys: list = []
+        keys: list[str] = []
+        hashes: list[str] = []
+        ids = np.empty(n, dtype=np.int64)
+        cols = ", ".join(f"e{j}.vector AS v{j}" for j in range(len(records)))
+        sql = f"SELECT i.item_id, i.key, i.content_hash, {lab} AS y, {cols} {base}{filt} ORDER BY i.item_id"
+        args = [*lparams, dataset, *(lparams if label else [])]
+        row = 0
+        for batch in arrow_batches(con, sql, args):
+            m = batch.num_rows
+            ids[row:row + m] = batch.column(0).to_numpy()
+            keys += batch.column(1).to_pylist()
+            hashes += batch.column(2).to_pylist()
+            ys += batch.column(3).to_pylist()
+            off = 0
+            for j, d in enumerate(dims):
+                X[row:row + m, off:off + d] = vector_block(batch.column(4 + j), d)
+                off += d
+            row += m
+    y = np.asarray(ys, dtype=object) if label else None
+    return FeatureSet(X, y, keys, hashes, ids, [r.fingerprint for r in records],
+                      n_missing_vectors=n_ok - n_vec, n_unlabelled=n_vec - n if label else 0,
+                      specs=[r.spec for r in records])

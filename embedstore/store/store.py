@@ -1,0 +1,347 @@
+"""Store: a directory holding one DuckDB file (the source of truth), FAISS indexes and saved heads.
+
+Writers are exclusive: an advisory lock file names the PID holding it, so a second writer fails at once.
+An ingest closes its DuckDB connection while the encoder runs and reopens it to write each batch, so that
+read-only openers (search, sql, info, heads eval) can query between batches; they retry while a batch is
+being written (up to `EMBEDSTORE_LOCK_WAIT` seconds).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+import numpy as np
+
+from embedstore import config
+from embedstore.errors import (EmbedstoreError, InputError, NotFoundError, StoreLockedError,
+                               StoreVersionError)
+from embedstore.store.db import first, scalar
+from embedstore.store.schema import MIGRATIONS, emb_table_sql, refresh_views
+
+DB_NAME = "embedstore.duckdb"
+LOCK_NAME = "LOCK"
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class EncoderRecord:
+    """An encoder as the store knows it: enough to read its vectors without loading the model."""
+
+    fingerprint: str
+    spec: str
+    dim: int
+    modality: str
+    table: str
+
+    @property
+    def short(self) -> str:
+        return self.fingerprint[:12]
+
+
+def check_dataset_name(name: str) -> str:
+    if not DATASET_NAME.match(name or ""):
+        raise InputError(f"dataset name {name!r} is not allowed: use letters, digits, '_', '-', '.' "
+                         "(it names index files), starting with a letter or digit")
+    return name
+
+
+class Store:
+    """Open with `embedstore.open(path)`; `read_only=True` takes no write lock and never creates files."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, read_only: bool = False):
+        self.path = Path(path).expanduser() if path is not None else config.default_store_path()
+        self.read_only = read_only
+        self.db_path = self.path / DB_NAME
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._depth = 0
+        self._lock_fd: int | None = None
+        self._indexes: dict[tuple[str, str], Any] = {}
+        if read_only:
+            if not self.db_path.exists():
+                raise NotFoundError(f"no store at {self.path} (no {DB_NAME}); create one with "
+                                    "`embedstore ingest ... --store PATH`, or set EMBEDSTORE_STORE")
+            with self.connect() as con:
+                self._check_migrations(con, apply=False)
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._acquire_lock()
+            with self.connect() as con:
+                self._check_migrations(con, apply=True)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def _acquire_lock(self) -> None:
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreLockedError(
+                f"store {self.path} is locked by {holder}; only one writer at a time. Wait for it to finish; "
+                "meanwhile read-only commands (search, sql, info, heads eval/list) work between its batches"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} ({' '.join(os.path.basename(a) for a in sys.argv[:3])})".encode(), 0)
+        self._lock_fd = fd
+
+    def _open_duckdb(self) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + float(config.setting("lock_wait"))
+        while True:
+            try:
+                return duckdb.connect(str(self.db_path), read_only=self.read_only)
+            except duckdb.IOException as e:
+                if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                    raise EmbedstoreError(f"cannot open {self.db_path}: {e}") from e
+                time.sleep(0.05)
+            except duckdb.Error as e:
+                if "version" in str(e).lower():
+                    raise StoreVersionError(f"{self.db_path} was written by a newer DuckDB storage version "
+                                            f"than this one ({duckdb.__version__}): {e}. Upgrade embedstore "
+                                            "and duckdb") from e
+                raise
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection, opened on demand. Read-only stores close it after the outermost use, so that an
+        ingest in another process can write its next batch."""
+        if self._con is None:
+            self._con = self._open_duckdb()
+        self._depth += 1
+        try:
+            yield self._con
+        finally:
+            self._depth -= 1
+            if self.read_only and self._depth == 0:
+                self.release()
+
+    def release(self) -> None:
+        """Close the DuckDB connection (keeping the write lock), e.g. while an encoder runs."""
+        if self._con is not None and self._depth == 0:
+            self._con.close()
+            self._con = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self._require_writable()
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def close(self) -> None:
+        self._depth = 0
+        self.release()
+        self._indexes.clear()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}{', read_only=True' if self.read_only else ''})"
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise EmbedstoreError(f"store {self.path} is open read-only; open it without read_only to write")
+
+    def _check_migrations(self, con: duckdb.DuckDBPyConnection, apply: bool) -> None:
+        con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, "
+                    "applied TIMESTAMP DEFAULT current_timestamp)") if apply else None
+        try:
+            done = {r[0] for r in con.execute("SELECT name FROM _migrations").fetchall()}
+        except duckdb.CatalogException as e:
+            raise StoreVersionError(f"{self.db_path} is not an embedstore database (no _migrations table)") from e
+        known = [name for name, _ in MIGRATIONS]
+        unknown = sorted(done - set(known))
+        if unknown:
+            raise StoreVersionError(f"store {self.path} has migrations {unknown} that this embedstore does not "
+                                    f"know (it knows {known}): it was written by a newer version; upgrade")
+        missing = [(n, m) for n, m in MIGRATIONS if n not in done]
+        if missing and not apply:
+            raise StoreVersionError(f"store {self.path} needs migrations {[n for n, _ in missing]}; open it "
+                                    "once for writing (e.g. `embedstore info --migrate`)")
+        for name, migration in missing:
+            con.execute("BEGIN TRANSACTION")
+            if callable(migration):
+                migration(con)
+            else:
+                con.execute(migration)
+            con.execute("INSERT INTO _migrations (name) VALUES (?)", [name])
+            con.execute("COMMIT")
+        if missing:
+            if not scalar(con, "SELECT count(*) FROM duckdb_views() WHERE view_name='embeddings'"):
+                refresh_views(con)
+
+    # -- datasets and encoders -----------------------------------------------------------------------------
+    def ensure_dataset(self, name: str, modality: str, source: str | None) -> None:
+        check_dataset_name(name)
+        with self.connect() as con:
+            row = first(con, "SELECT modality FROM datasets WHERE name=?", [name])
+            if row is None:
+                con.execute("INSERT INTO datasets (name, modality, source) VALUES (?, ?, ?)",
+                            [name, modality, source])
+            elif row[0] != modality:
+                raise InputError(f"dataset {name!r} holds {row[0]} items, not {modality}; use another --dataset")
+
+    def dataset_names(self) -> list[str]:
+        with self.connect() as con:
+            return [r[0] for r in con.execute("SELECT name FROM datasets ORDER BY name").fetchall()]
+
+    def require_dataset(self, name: str) -> None:
+        if name not in self.dataset_names():
+            raise NotFoundError(f"no dataset {name!r} in {self.path}; datasets: {self.dataset_names() or 'none'}")
+
+    def register_encoder(self, encoder: Any, dataset: str | None = None) -> EncoderRecord:
+        """Record a loaded encoder's identity; create its embeddings table; link it to `dataset`."""
+        fp, dim = encoder.fingerprint, encoder.dim
+        table = f"emb_{fp[:16]}"
+        with self.connect() as con:
+            row = first(con, "SELECT dim FROM encoders WHERE fingerprint=?", [fp])
+            if row is None:
+                con.execute(emb_table_sql(table, dim))
+                con.execute("INSERT INTO encoders (fingerprint, spec, dim, modality, table_name, config, versions) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [fp, encoder.spec, dim, encoder.modality, table, json.dumps(encoder.identity()),
+                             json.dumps(encoder.versions())])
+                refresh_views(con)
+            elif row[0] != dim:
+                raise EmbedstoreError(f"encoder {encoder.spec} now reports dim {dim}, the store recorded {row[0]} "
+                                      "for the same fingerprint; this is a bug in the encoder's identity")
+            con.execute("INSERT INTO encoder_specs (spec, fingerprint) VALUES (?, ?) ON CONFLICT DO UPDATE "
+                        "SET last_used = now()", [encoder.spec, fp])
+            if dataset is not None:
+                con.execute("INSERT INTO dataset_encoders VALUES (?, ?) ON CONFLICT DO NOTHING", [dataset, fp])
+        return EncoderRecord(fp, encoder.spec, dim, encoder.modality, table)
+
+    def encoder_records(self, dataset: str | None = None) -> list[EncoderRecord]:
+        sql = "SELECT fingerprint, spec, dim, modality, table_name FROM encoders"
+        args: list = []
+        if dataset is not None:
+            sql += " WHERE fingerprint IN (SELECT fingerprint FROM dataset_encoders WHERE dataset=?)"
+            args = [dataset]
+        with self.connect() as con:
+            return [EncoderRecord(*r) for r in con.execute(sql + " ORDER BY created", args).fetchall()]
+
+    def resolve_encoder(self, spec: str, dataset: str | None = None) -> EncoderRecord:
+        """A spec (as used at ingest), `fp:<prefix>`, or None-like '' for the dataset's only encoder, to a
+        record, without loading the model (so `heads fit` never imports torch)."""
+        candidates = self.encoder_records(dataset)
+        where = f" of dataset {dataset!r}" if dataset else ""
+        if not spec:
+            if len(candidates) == 1:
+                return candidates[0]
+            raise InputError(f"dataset {dataset!r} has {len(candidates)} encoders; choose one with --encoder: "
+                             + _describe(candidates, self))
+        if spec.startswith("fp:"):
+            found = [c for c in candidates if c.fingerprint.startswith(spec[3:])]
+        else:
+            with self.connect() as con:
+                fps = {r[0] for r in con.execute("SELECT fingerprint FROM encoder_specs WHERE spec=?",
+                                                 [spec]).fetchall()}
+            found = [c for c in candidates if c.fingerprint in fps]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise NotFoundError(f"no vectors for encoder {spec!r}{where}; encoders{where}: "
+                                f"{_describe(candidates, self) or 'none'}. Run `embedstore ingest` with it first")
+        raise InputError(f"encoder {spec!r} has {len(found)} fingerprints{where} (its weights or settings "
+                         f"changed between ingests): {_describe(found, self)}; pass --encoder fp:<prefix>")
+
+    def resolve_feature_set(self, spec: str, dataset: str | None = None) -> list[EncoderRecord]:
+        """`a+b` -> the ordered records of a deliberate concatenation."""
+        return [self.resolve_encoder(part.strip(), dataset) for part in spec.split("+")] if spec else \
+            [self.resolve_encoder("", dataset)]
+
+    # -- reads -----------------------------------------------------------------------------------------------
+    def features(self, dataset: str, encoder: str = "", label: str | None = "label", *,
+                 return_meta: bool = False):
+        """(X float32 [n, dim], y) for the dataset's items that have vectors of `encoder` (`a+b` concatenates)."""
+        from embedstore.store.features import load_features
+        fs = load_features(self, dataset, self.resolve_feature_set(encoder, dataset), label)
+        return (fs.X, fs.y, fs) if return_meta else (fs.X, fs.y)
+
+    def search(self, dataset: str, query: Any = None, k: int = 10, *, key: str | None = None,
+               vector: Any = None, where: str | dict | None = None, encoder: str = ""):
+        from embedstore.search import search
+        return search(self, dataset, query=query, k=k, key=key, vector=vector, where=where, encoder=encoder)
+
+    def sql(self, query: str, params: Sequence | None = None):
+        """Read-only SQL over the documented views; returns a polars DataFrame."""
+        from embedstore.sql import run_sql
+        table = run_sql(self, query, params)
+        try:
+            import polars
+        except ImportError:
+            raise EmbedstoreError("store.sql returns a polars DataFrame: pip install polars "
+                                  "(or use embedstore.sql.run_sql for an Arrow table)") from None
+        return polars.from_arrow(table)
+
+    def ingest(self, source: Any, *, dataset: str, encoder: str, **options: Any):
+        from embedstore.ingest.pipeline import ingest
+        return ingest(self, source, dataset=dataset, encoder=encoder, **options)
+
+    def index(self, dataset: str, record: EncoderRecord):
+        """The up-to-date FAISS index for (dataset, encoder), loaded, caught up or rebuilt from DuckDB."""
+        from embedstore.index.sync import open_index
+        k = (dataset, record.fingerprint)
+        if k not in self._indexes:
+            self._indexes[k] = open_index(self, dataset, record)
+        return self._indexes[k]
+
+    def index_path(self, dataset: str, record: EncoderRecord) -> Path:
+        return self.path / "indexes" / dataset / f"{record.fingerprint[:16]}.faiss"
+
+    def info(self) -> dict:
+        from embedstore.store.maintenance import info
+        return info(self)
+
+    def delete_dataset(self, name: str) -> dict:
+        from embedstore.store.maintenance import delete_dataset
+        return delete_dataset(self, name)
+
+    def gc(self) -> dict:
+        from embedstore.store.maintenance import gc
+        return gc(self)
+
+
+def _describe(records: list[EncoderRecord], store: Store) -> str:
+    return ", ".join(f"{r.spec} (fp:{r.short}, {r.dim}-d)" for r in records)
+
+
+def open(path: str | os.PathLike | None = None, *, read_only: bool = False) -> Store:  # noqa: A001
+    """Open (creating when writable) the store at `path`, else $EMBEDSTORE_STORE, else the default directory."""
+    return Store(path, read_only=read_only)
+
+
+def as_float32_matrix(vectors: Any, dim: int | None = None) -> np.ndarray:
+    """Validate a vector or matrix from a user: 2-D, finite, of the expected dimension."""
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise InputError(f"expected a vector or a 2-D matrix, found an array of shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise InputError(f"query vector has {x.shape[1]} dimensions, but this encoder's vectors have {dim}")
+    if not np.isfinite(x).all():
+        raise InputError("query vector contains NaN or infinite values")
+    return x
