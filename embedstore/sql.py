@@ -42,10 +42,14 @@ def run_sql(store: "Store", query: str, params: Sequence | None = None, allow_wr
         raise InputError("--allow-writes needs a store opened for writing")
     stmts = duckdb.extract_statements(query)
     with store.connect() as con:
-        for st in stmts[:-1]:
-            con.execute(st).fetchall()
-        last = stmts[-1]
-        if last.type in READ_TYPES:
-            return arrow_table(con, last.query, list(params or []))
-        rows = con.execute(last, list(params or [])).fetchall()
+        try:
+            for st in stmts[:-1]:
+                con.execute(st).fetchall()
+            last = stmts[-1]
+            if last.type in READ_TYPES:
+                return arrow_table(con, last.query, list(params or []))
+            rows = con.execute(last, list(params or [])).fetchall()
+        except duckdb.Error as e:
+            raise InputError(f"SQL failed: {e}. Tables: items, datasets, encoders, heads, the embeddings view "
+                             "and emb_<fingerprint16> tables (`embedstore sql \"SHOW TABLES\"`)") from None
         return pa.table({"result": [str(r) for r in rows]})

@@ -8,6 +8,7 @@ do not (they are recorded per vector; bf16 and fp32 agree to cosine >= 0.99, see
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cached_property
 from pathlib import Path
@@ -53,6 +54,13 @@ def resolve_model_dir(spec: str, name: str, revision: str | None) -> Path:
         "an installed alias (`embedstore encoders` lists them)")
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _torch_device(option: str | None) -> str:
     want = option or config.setting("device")
     if want == "auto":
@@ -75,11 +83,9 @@ class TransformerTextEncoder(Encoder):
                              f"{self.scheme}: takes {sorted(self._OPTIONS)}")
         self.revision = revision
         self.batch_size = int(options.get("batch_size", 32))
-        self._device = _torch_device(options.get("device"))
-        want = options.get("dtype", "auto")
-        if want not in ("auto", "float32", "bfloat16"):
-            raise InputError(f"encoder {spec!r}: dtype must be auto, float32 or bfloat16, not {want!r}")
-        self._dtype = ("bfloat16" if self._device.startswith("cuda") else "float32") if want == "auto" else want
+        self._want_dtype = options.get("dtype", "auto")
+        if self._want_dtype not in ("auto", "float32", "bfloat16"):
+            raise InputError(f"encoder {spec!r}: dtype must be auto, float32 or bfloat16, not {self._want_dtype!r}")
 
     @cached_property
     def model_dir(self) -> Path:
@@ -88,6 +94,16 @@ class TransformerTextEncoder(Encoder):
     @cached_property
     def _weights_hash(self) -> dict[str, str]:
         return hash_files(self.model_dir, _unused)
+
+    @cached_property
+    def _device(self) -> str:
+        return _torch_device(self.options.get("device"))  # imports torch: only when the model is needed
+
+    @cached_property
+    def _dtype(self) -> str:
+        if self._want_dtype == "auto":
+            return "bfloat16" if self._device.startswith("cuda") else "float32"
+        return self._want_dtype
 
     @property
     def device(self) -> str:
@@ -164,6 +180,13 @@ class SentenceTransformerEncoder(TransformerTextEncoder):
 
     @property
     def max_length(self) -> int:
+        """From the options or the model's config files, so that the fingerprint needs no torch import."""
+        if "max_length" in self.options:
+            return int(self.options["max_length"])
+        if "_model" not in self.__dict__:
+            cfg = _read_json(self.model_dir / "sentence_bert_config.json")
+            if isinstance(cfg.get("max_seq_length"), int):
+                return cfg["max_seq_length"]
         return int(self._model.max_seq_length)
 
     @property
@@ -212,11 +235,12 @@ class HFTextEncoder(TransformerTextEncoder):
 
     @property
     def max_length(self) -> int:
+        """Option, else min(tokenizer limit, position embeddings, 512), read from the config files."""
         if "max_length" in self.options:
             return int(self.options["max_length"])
-        cfg = self._loaded[1].config
-        limit = getattr(cfg, "max_position_embeddings", 512)
-        return int(min(self.tokenizer.model_max_length, limit, 512))
+        limit = _read_json(self.model_dir / "config.json").get("max_position_embeddings", 512)
+        tok_limit = _read_json(self.model_dir / "tokenizer_config.json").get("model_max_length", limit)
+        return int(min(tok_limit if isinstance(tok_limit, int) else limit, limit, 512))
 
     @property
     def dim(self) -> int:

