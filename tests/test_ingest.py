@@ -77,6 +77,7 @@ def test_undecodable_bytes_name_file_and_line(store, tmp_path):
     with pytest.raises(InputError, match=r"bad.tsv:3: cannot decode .* pass --encoding"):
         store.ingest(f, dataset="d", encoder=ENC, progress=False)
     assert store.sql("SELECT count(*) n FROM items").to_dicts()[0]["n"] == 0  # nothing half-written
+    assert store.dataset_names() == []
     r = store.ingest(f, dataset="d", encoder=ENC, encoding="latin-1", progress=False)
     assert r.new_items == 2 and items(store, "d")[1]["text"] == "café"
 

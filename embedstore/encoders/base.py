@@ -35,7 +35,7 @@ class Encoder(ABC):
     scheme: ClassVar[str]
     modality: ClassVar[str]
     batch_size: int = 32
-    token_budget: int = 65_536  # padded tokens per batch on CUDA
+    token_budget: int = 65_536  # on CUDA: padded length per batch, in the units of `length()`
 
     def __init__(self, spec: str, name: str, options: dict[str, str]):
         self.spec = spec

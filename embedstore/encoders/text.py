@@ -74,6 +74,10 @@ class TransformerTextEncoder(Encoder):
 
     modality = "text"
     _OPTIONS = {"max_length", "batch_size", "device", "dtype"}
+    token_budget = 4 * 131_072  # lengths are characters, about 4 per token: ~131k padded tokens per CUDA batch
+
+    def length(self, content: str) -> int:
+        return min(len(content), 4 * self.max_length)  # beyond the cap every text costs the same
 
     def __init__(self, spec: str, name: str, options: dict[str, str], revision: str | None = None):
         super().__init__(spec, name, options)
@@ -123,12 +127,8 @@ class TransformerTextEncoder(Encoder):
     def skip_reason(self, content: str) -> str | None:
         return "empty or whitespace-only text" if not content or not content.strip() else None
 
-    def length(self, content: str) -> int:
-        return len(content)
-
     # subclasses provide: tokenizer, max_length, _forward(features) -> torch.Tensor [n, dim]
     tokenizer: Any
-    max_length: int
 
     def _tokenize(self, texts: list[str]) -> dict:
         return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
@@ -178,7 +178,7 @@ class SentenceTransformerEncoder(TransformerTextEncoder):
     def tokenizer(self):
         return self._model.tokenizer
 
-    @property
+    @cached_property
     def max_length(self) -> int:
         """From the options or the model's config files, so that the fingerprint needs no torch import."""
         if "max_length" in self.options:
@@ -233,7 +233,7 @@ class HFTextEncoder(TransformerTextEncoder):
     def tokenizer(self):
         return self._loaded[0]
 
-    @property
+    @cached_property
     def max_length(self) -> int:
         """Option, else min(tokenizer limit, position embeddings, 512), read from the config files."""
         if "max_length" in self.options:

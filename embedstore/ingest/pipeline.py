@@ -77,8 +77,8 @@ def ingest(store: "Store", source: Any, *, dataset: str, encoder: str | Encoder,
     src = open_source(source, opts, source_name)
     enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
     start = time.perf_counter()
-    store.ensure_dataset(dataset, enc.modality, src.name)
-    record = store.register_encoder(enc, dataset)
+    store.require_fresh_dataset_modality(dataset, enc.modality)
+    record = store.register_encoder(enc)
     live = store.index(dataset, record)
     report = IngestReport(dataset, enc.spec, record.fingerprint)
     skipped: Counter = Counter()
@@ -88,7 +88,7 @@ def ingest(store: "Store", source: Any, *, dataset: str, encoder: str | Encoder,
     with Progress(total=src.total, desc=f"ingest {dataset}", enabled=progress) as bar:
         while chunk := list(islice(it, size)):
             t0 = time.perf_counter()
-            _ingest_chunk(store, enc, record, live, dataset, chunk, report, skipped, bar)
+            _ingest_chunk(store, enc, record, live, dataset, src.name, chunk, report, skipped, bar)
             if live.unsaved >= every:
                 live.persist()
             if not chunk_size and time.perf_counter() - t0 < CHUNK_SECONDS:
@@ -148,7 +148,83 @@ def insert_embeddings(con, record, rows: pa.Table) -> None:
         con.unregister("_emb")
 
 
-def _ingest_chunk(store: "Store", enc: Encoder, record, live, dataset: str, chunk: list[Record],
+@dataclass
+class _Row:
+    """One item as it will be written."""
+
+    key: str
+    content_hash: str | None
+    text: str | None
+    source: str | None
+    label: str | None
+    meta: str | None
+    status: str
+    reason: str | None
+    item_id: int | None = None
+
+    COLUMNS = ("item_id", "key", "content_hash", "text", "source", "label", "meta", "status", "reason")
+
+
+def _plan(recs: list[Record], hashes: list, reasons: list, existing: dict, vec_of: dict, trunc_of: dict,
+          fresh: set, modality: str, report: IngestReport, skipped: Counter):
+    """Sort the chunk's records into new rows, changed rows (new item id) and rows whose label/meta changed."""
+    new, changed, relabelled, gone_ids = [], [], [], []
+    for r, h, why in zip(recs, hashes, reasons):
+        if not why and vec_of.get(h) is None:
+            why = "the encoder produced non-finite values (NaN/inf)"
+        if why:
+            skipped[why] += 1
+        else:
+            report.cached += h not in fresh
+            report.truncated += bool(trunc_of.get(h))
+        meta = json.dumps(r.meta, default=str) if r.meta else None
+        row = _Row(r.key, h, r.content if modality == "text" else None, r.source, r.label, meta,
+                   "skipped" if why else "ok", why)
+        old = existing.get(r.key)  # (item_id, content_hash, status, label, source, meta)
+        if old is None:
+            new.append(row)
+        elif (old[1], old[2]) != (h, row.status):
+            changed.append(row)
+            if old[2] == "ok":
+                gone_ids.append(old[0])
+        else:
+            row.item_id = old[0]  # same content: the item keeps its id (and its place in the index)
+            if (old[3], old[4], json.loads(old[5]) if old[5] else None) != \
+                    (r.label, r.source, json.loads(meta) if meta else None):
+                relabelled.append(row)
+    report.new_items += len(new)
+    report.updated_items += len(changed)
+    report.unchanged_items += len(recs) - len(new) - len(changed)
+    return new, changed, relabelled, gone_ids
+
+
+def _write(con, dataset: str, record, new_emb: pa.Table | None, new: list[_Row], changed: list[_Row],
+           relabelled: list[_Row]) -> None:
+    """Vectors and item rows of one chunk (call inside one transaction)."""
+    if new_emb is not None:
+        insert_embeddings(con, record, new_emb)
+    fresh = new + changed
+    if fresh:
+        ids = con.execute("SELECT nextval('item_seq') FROM range(?)", [len(fresh)]).fetchall()
+        for row, (item_id,) in zip(fresh, ids):
+            row.item_id = item_id
+    rewrite = changed + relabelled
+    if rewrite:
+        con.register("_gone", pa.table({"key": [r.key for r in rewrite]}))
+        con.execute("DELETE FROM items WHERE dataset = ? AND key IN (SELECT key FROM _gone)", [dataset])
+        con.unregister("_gone")
+    rows = fresh + relabelled
+    if rows:
+        tbl = pa.table({c: pa.array([getattr(r, c) for r in rows], pa.int64() if c == "item_id" else pa.string())
+                        for c in _Row.COLUMNS})
+        con.register("_items", tbl)
+        con.execute(f"INSERT INTO items (dataset, {', '.join(_Row.COLUMNS)}) SELECT ?, "
+                    + ", ".join("meta::JSON" if c == "meta" else c for c in _Row.COLUMNS) + " FROM _items",
+                    [dataset])
+        con.unregister("_items")
+
+
+def _ingest_chunk(store: "Store", enc: Encoder, record, live, dataset: str, source: str, chunk: list[Record],
                   report: IngestReport, skipped: Counter, bar: Any) -> None:
     report.rows += len(chunk)
     by_key: dict[str, Record] = {}
@@ -159,85 +235,32 @@ def _ingest_chunk(store: "Store", enc: Encoder, record, live, dataset: str, chun
     hashes = [content_hash(r.content) if r.content is not None else None for r in recs]
     reasons = [r.reason or (enc.skip_reason(r.content) if r.content is not None else "unreadable")
                for r in recs]
-    keys_tbl = pa.table({"key": [r.key for r in recs]})
-    hash_list = sorted({h for h, why in zip(hashes, reasons) if h and not why})
+    wanted = sorted({h for h, why in zip(hashes, reasons) if h and not why})
     with store.connect() as con:
-        con.register("_keys", keys_tbl)
+        con.register("_keys", pa.table({"key": [r.key for r in recs]}))
         existing = {row[0]: row[1:] for row in con.execute(
             "SELECT key, item_id, content_hash, status, label, source, meta FROM items WHERE dataset = ? AND key IN "
             "(SELECT key FROM _keys)", [dataset]).fetchall()}
         con.unregister("_keys")
-        cached_vec, cached_trunc = lookup_cached(con, record, hash_list)
-    vec_of, trunc_of = cached_vec, cached_trunc
-    todo = [h for h in hash_list if h not in vec_of]
-    todo_set = set(todo)
-    content_of = {h: r.content for h, r in zip(hashes, recs) if h in todo_set}
+        vec_of, trunc_of = lookup_cached(con, record, wanted)
+    todo = [h for h in wanted if h not in vec_of]
     bar.update(len(chunk) - len(todo))
     new_emb = None
     if todo:
         store.release()  # let readers in while the encoder runs
+        content_of = {h: r.content for h, r in zip(hashes, recs)}
         new_emb = embed_missing(enc, record, todo, content_of, vec_of, trunc_of, bar.update)
         report.embedded += new_emb.num_rows
-
-    # decide each item's row
-    inserts, updates, relabels = [], [], []
-    remove_ids: list[int] = []
-    for r, h, why in zip(recs, hashes, reasons):
-        if not why and vec_of.get(h) is None:
-            why = "the encoder produced non-finite values (NaN/inf)"
-        status = "skipped" if why else "ok"
-        if why:
-            skipped[why] += 1
-        elif h not in todo_set:
-            report.cached += 1
-        if status == "ok" and trunc_of.get(h):
-            report.truncated += 1
-        meta = json.dumps(r.meta, default=str) if r.meta else None
-        row = [r.key, h, r.content if enc.modality == "text" else None, r.source, r.label, meta, status, why]
-        old = existing.get(r.key)
-        if old is None:
-            inserts.append(row)
-            report.new_items += 1
-        elif old[1] != h or old[2] != status:
-            updates.append(row)
-            if old[2] == "ok":
-                remove_ids.append(old[0])
-            report.updated_items += 1
-        else:
-            if (old[3], old[4], json.loads(old[5]) if old[5] else None) != \
-                    (r.label, r.source, json.loads(meta) if meta else None):
-                relabels.append(row)
-            report.unchanged_items += 1
-
+    new, changed, relabelled, gone_ids = _plan(recs, hashes, reasons, existing, vec_of, trunc_of, set(todo),
+                                               enc.modality, report, skipped)
     with store.transaction() as con:
-        if new_emb is not None:
-            insert_embeddings(con, record, new_emb)
-        rows = inserts + updates
-        ids = [v for (v,) in con.execute("SELECT nextval('item_seq') FROM range(?)", [len(rows)]).fetchall()] \
-            if rows else []
-        if updates or relabels:
-            con.register("_gone", pa.table({"key": [u[0] for u in updates + relabels]}))
-            old_ids = {k: i for k, i in con.execute("SELECT key, item_id FROM items WHERE dataset = ? AND key IN "
-                                                   "(SELECT key FROM _gone)", [dataset]).fetchall()}
-            con.execute("DELETE FROM items WHERE dataset = ? AND key IN (SELECT key FROM _gone)", [dataset])
-            con.unregister("_gone")
-            ids += [old_ids[row[0]] for row in relabels]  # same content: the item keeps its id
-            rows = rows + relabels
-        if rows:
-            tbl = pa.table({
-                "item_id": pa.array(ids, pa.int64()), "dataset": pa.array([dataset] * len(rows), pa.string()),
-                **{name: pa.array([row[i] for row in rows], pa.string()) for i, name in enumerate(
-                    ["key", "content_hash", "text", "source", "label", "meta", "status", "reason"])}})
-            con.register("_items", tbl)
-            con.execute("INSERT INTO items (item_id, dataset, key, content_hash, text, source, label, meta, status, "
-                        "reason) SELECT item_id, dataset, key, content_hash, text, source, label, meta::JSON, "
-                        "status, reason FROM _items")
-            con.unregister("_items")
-        rows = rows[:len(rows) - len(relabels)]
-        ids = ids[:len(rows)]
-    # the database is committed; mirror it in the index
-    live.remove(np.asarray(remove_ids, np.int64))
-    ok = [(iid, row[1]) for iid, row in zip(ids, rows) if row[6] == "ok"]
+        store.ensure_dataset(dataset, enc.modality, source)
+        con.execute("INSERT INTO dataset_encoders VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    [dataset, record.fingerprint])
+        _write(con, dataset, record, new_emb, new, changed, relabelled)
+    # committed: mirror it in the index
+    live.remove(np.asarray(gone_ids, np.int64))
+    ok = [r for r in new + changed if r.status == "ok"]
     if ok:
-        live.add(np.asarray([i for i, _ in ok], np.int64), np.stack([vec_of[h] for _, h in ok]))
+        live.add(np.asarray([r.item_id for r in ok], np.int64), np.stack([vec_of[r.content_hash] for r in ok]))
     bar.set_postfix(embedded=report.embedded, cached=report.cached, skipped=sum(skipped.values()))

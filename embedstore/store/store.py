@@ -165,8 +165,9 @@ class Store:
             raise EmbedstoreError(f"store {self.path} is open read-only; open it without read_only to write")
 
     def _check_migrations(self, con: duckdb.DuckDBPyConnection, apply: bool) -> None:
-        con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, "
-                    "applied TIMESTAMP DEFAULT current_timestamp)") if apply else None
+        if apply:
+            con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, "
+                        "applied TIMESTAMP DEFAULT current_timestamp)")
         try:
             done = {r[0] for r in con.execute("SELECT name FROM _migrations").fetchall()}
         except duckdb.CatalogException as e:
@@ -193,15 +194,20 @@ class Store:
                 refresh_views(con)
 
     # -- datasets and encoders -----------------------------------------------------------------------------
-    def ensure_dataset(self, name: str, modality: str, source: str | None) -> None:
+    def require_fresh_dataset_modality(self, name: str, modality: str) -> None:
+        """A dataset holds one modality: refuse mixing before anything is read or embedded."""
         check_dataset_name(name)
         with self.connect() as con:
             row = first(con, "SELECT modality FROM datasets WHERE name=?", [name])
-            if row is None:
-                con.execute("INSERT INTO datasets (name, modality, source) VALUES (?, ?, ?)",
-                            [name, modality, source])
-            elif row[0] != modality:
-                raise InputError(f"dataset {name!r} holds {row[0]} items, not {modality}; use another --dataset")
+        if row is not None and row[0] != modality:
+            raise InputError(f"dataset {name!r} holds {row[0]} items, not {modality}; use another --dataset")
+
+    def ensure_dataset(self, name: str, modality: str, source: str | None) -> None:
+        """Create the dataset row if needed (inside the caller's transaction, with its first items)."""
+        self.require_fresh_dataset_modality(name, modality)
+        with self.connect() as con:
+            con.execute("INSERT INTO datasets (name, modality, source) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                        [name, modality, source])
 
     def dataset_names(self) -> list[str]:
         with self.connect() as con:
@@ -211,8 +217,8 @@ class Store:
         if name not in self.dataset_names():
             raise NotFoundError(f"no dataset {name!r} in {self.path}; datasets: {self.dataset_names() or 'none'}")
 
-    def register_encoder(self, encoder: Any, dataset: str | None = None) -> EncoderRecord:
-        """Record a loaded encoder's identity; create its embeddings table; link it to `dataset`."""
+    def register_encoder(self, encoder: Any) -> EncoderRecord:
+        """Record an encoder's identity and create its embeddings table (loads the model only if new)."""
         fp = encoder.fingerprint
         table = f"emb_{fp[:16]}"
         with self.connect() as con:
@@ -229,8 +235,6 @@ class Store:
                 dim = row[0]  # known: the model need not be loaded when everything is cached
             con.execute("INSERT INTO encoder_specs (spec, fingerprint) VALUES (?, ?) ON CONFLICT DO UPDATE "
                         "SET last_used = now()", [encoder.spec, fp])
-            if dataset is not None:
-                con.execute("INSERT INTO dataset_encoders VALUES (?, ?) ON CONFLICT DO NOTHING", [dataset, fp])
         return EncoderRecord(fp, encoder.spec, dim, encoder.modality, table)
 
     def encoder_records(self, dataset: str | None = None) -> list[EncoderRecord]:
