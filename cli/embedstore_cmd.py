@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     enc = sub.add_parser("encoders", help="list encoder aliases and spec schemes")
     enc.add_argument("--json", action="store_true")
 
+    mp = sub.add_parser("map", help="draw a 2-D projection of a dataset's vectors coloured by label (PNG)")
+    mp.add_argument("--dataset", required=True)
+    mp.add_argument("--encoder", default="")
+    mp.add_argument("--label", default="label", help="colour by this column ('none' for no colours)")
+    mp.add_argument("--method", choices=["pca", "umap"], default="pca", help="umap needs umap-learn installed")
+    mp.add_argument("--out", default="map.png")
+    add_store_arg(mp)
+
     ix = sub.add_parser("index", help="check or rebuild a dataset's FAISS index from the database")
     ix.add_argument("--dataset", required=True)
     ix.add_argument("--encoder", default="")
@@ -222,8 +230,21 @@ def cmd_index(args) -> int:
     return 0
 
 
+def cmd_map(args) -> int:
+    from heads.plots import map_png
+    label = None if args.label == "none" else args.label
+    with open_store(args, read_only=True) as store:
+        X, y = store.features(args.dataset, args.encoder, label=label)
+    out, used = map_png(X, y, Path(args.out), f"{args.dataset} ({args.encoder or 'encoder'}): {len(X):,} items",
+                        method=args.method)
+    if used != args.method:
+        print("umap-learn is not installed; drew PCA instead (pip install umap-learn)", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
 COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "sql": cmd_sql, "info": cmd_info, "delete": cmd_delete,
-            "gc": cmd_gc, "encoders": cmd_encoders, "index": cmd_index}
+            "gc": cmd_gc, "encoders": cmd_encoders, "index": cmd_index, "map": cmd_map}
 
 
 def _main(argv: list[str] | None) -> int:

@@ -15,14 +15,13 @@ import numpy as np
 
 from embedstore.errors import FingerprintMismatchError, InputError, NotFoundError
 from embedstore.store.db import first
-from embedstore.store.features import iter_vectors
+from embedstore.store.features import column_expr, iter_vectors
 from embedstore.store.store import as_float32_matrix
 
 if TYPE_CHECKING:
     from embedstore.store.store import EncoderRecord, Store
 
 EXACT_FILTER_MAX = 50_000  # filtered sets up to this size are scored exactly from DuckDB
-ITEM_COLUMNS = {"dataset", "key", "item_id", "content_hash", "text", "source", "label", "status", "reason"}
 
 
 @dataclass
@@ -44,9 +43,8 @@ def where_sql(where: str | dict | None) -> tuple[str, list]:
     if isinstance(where, dict):
         parts, params = [], []
         for col, value in where.items():
-            expr = f"i.{col}" if col in ITEM_COLUMNS else "json_extract_string(i.meta, ?)"
-            if col not in ITEM_COLUMNS:
-                params.append('$."' + str(col).replace('"', '\\"') + '"')
+            expr, col_params = column_expr(str(col))
+            params += col_params
             if isinstance(value, (list, tuple, set)):
                 parts.append(f"{expr} IN ({', '.join('?' * len(value))})")
                 params += [str(v) for v in value]

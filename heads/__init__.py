@@ -1,6 +1,8 @@
 """Heads: classical estimators fitted on cached embeddings (no encoder runs, no torch import)."""
 
-from heads.api import Head, evaluate, fit, list_heads, load, metrics
+from heads.api import Head, compare, curve, evaluate, export, fit, list_heads, load, load_dir
 from heads.estimators import MODELS
+from heads.select import score
 
-__all__ = ["Head", "MODELS", "evaluate", "fit", "list_heads", "load", "metrics"]
+__all__ = ["Head", "MODELS", "compare", "curve", "evaluate", "export", "fit", "list_heads", "load", "load_dir",
+           "score"]

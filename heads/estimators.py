@@ -1,49 +1,466 @@
-"""Head models by name: scikit-learn estimators with defaults suited to frozen embeddings.
+"""Heads: scikit-learn estimators with defaults suited to frozen embeddings.
 
-`make(name, params)` builds an unfitted estimator; `MODELS` lists what exists (and is what the CLI's
---model choices and "unknown model" errors show).
+Every head keeps its fitted state in plain arrays, strings and numbers (attributes ending in `_`), so that it can
+be saved without pickle (heads/persist.py) and predict without the library object that fitted it. `__init__`
+only stores parameters; `fit` returns self; a wrong input width is "X has 5 features, but LogisticHead is
+expecting 384 features as input".
+
+Preprocessing is declared per head (`normalize`): "l2" rescales each vector to unit length (cosine geometry,
+what most sentence encoders are trained for), "standard" standardises each feature, "none" leaves them.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from embedstore.errors import InputError
 
-
-def _logreg(params: dict) -> Any:
-    from sklearn.linear_model import LogisticRegression
-    return LogisticRegression(**{"C": 1.0, "max_iter": 2000, **params})
+NORMALIZE = ("l2", "standard", "none")
 
 
-def _lightgbm(params: dict) -> Any:
-    from lightgbm import LGBMClassifier
-    return LGBMClassifier(**{"n_estimators": 400, "learning_rate": 0.05, "num_leaves": 31,
-                             "colsample_bytree": 0.5, "subsample": 0.8, "subsample_freq": 1,
-                             "verbose": -1, "n_jobs": 0, "random_state": 0, **params})
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+class _Head(BaseEstimator):
+    """Shared input checks and the declared preprocessing."""
+
+    normalize: str
+
+    def _prep_fit(self, X: np.ndarray) -> np.ndarray:
+        if self.normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be one of {NORMALIZE}, got {self.normalize!r}")
+        X = np.asarray(X, dtype=np.float64)
+        if self.normalize == "standard":
+            self.mean_ = X.mean(axis=0)
+            scale = X.std(axis=0)
+            self.scale_ = np.where(scale > 1e-12, scale, 1.0)
+        return self._transform(X)
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if self.normalize == "l2":
+            return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        if self.normalize == "standard":
+            return (X - self.mean_) / self.scale_
+        return X
+
+    def _check(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        return self._transform(validate_data(self, X, reset=False))
+
+
+class _Classifier(ClassifierMixin, _Head):
+    def _targets(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        X, y = validate_data(self, X, y)
+        check_classification_targets(y)
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"a classifier needs at least 2 classes; y has 1 class: {self.classes_[0]!r}")
+        return self._prep_fit(X), codes
+
+    def _weights(self, class_weight: Any) -> Any:
+        """class_weight keyed by our label codes (the inner estimator sees codes, the user gives labels)."""
+        if isinstance(class_weight, dict):
+            return {i: class_weight.get(c, class_weight.get(str(c), 1.0)) for i, c in enumerate(self.classes_)}
+        return class_weight
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return self._proba(self._check(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        proba = self.predict_proba(X)  # checks fitted first
+        return self.classes_[proba.argmax(axis=1)]
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _Linear(_Classifier):
+    """Shared by linear classifiers: decision values from coef_ / intercept_."""
+
+    def _decision(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.coef_.T + self.intercept_
+
+
+class LogisticHead(_Linear):
+    """Multinomial logistic regression (L2). The default head: strong, fast, calibrated enough."""
+
+    def __init__(self, C: float = 1.0, class_weight: str | None = None, normalize: str = "none",
+                 max_iter: int = 2000):
+        self.C = C
+        self.class_weight = class_weight
+        self.normalize = normalize
+        self.max_iter = max_iter
+
+    def fit(self, X: Any, y: Any) -> "LogisticHead":
+        from sklearn.linear_model import LogisticRegression
+        Xp, codes = self._targets(X, y)
+        lr = LogisticRegression(C=self.C, class_weight=self._weights(self.class_weight),
+                                max_iter=self.max_iter).fit(Xp, codes)
+        self.coef_, self.intercept_, self.n_iter_ = lr.coef_, lr.intercept_, int(np.max(lr.n_iter_))
+        return self
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        z = self._decision(X)
+        if z.shape[1] == 1:
+            p = _sigmoid(z[:, 0])
+            return np.column_stack([1 - p, p])
+        return _softmax(z)
+
+
+class LinearSVMHead(_Linear):
+    """Linear SVM with Platt-calibrated probabilities: sigmoids fitted on cross-validated decision values,
+    weighted like the SVM (class_weight), so that predictions are the calibrated argmax."""
+
+    def __init__(self, C: float = 0.1, class_weight: str | None = "balanced", normalize: str = "standard",
+                 calibration_folds: int = 3, random_state: int = 0):
+        self.C = C
+        self.class_weight = class_weight
+        self.normalize = normalize
+        self.calibration_folds = calibration_folds
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> "LinearSVMHead":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+        from sklearn.svm import LinearSVC
+        Xp, codes = self._targets(X, y)
+        svc = LinearSVC(C=self.C, class_weight=self._weights(self.class_weight), random_state=self.random_state)
+        svc.fit(Xp, codes)
+        self.coef_, self.intercept_ = svc.coef_, svc.intercept_
+        folds = min(self.calibration_folds, int(np.bincount(codes).min()))
+        if folds >= 2:
+            cv = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
+            d = cross_val_predict(svc, Xp, codes, cv=cv, method="decision_function")
+        else:
+            d = svc.decision_function(Xp)  # too few samples per class to cross-validate the calibration
+        from sklearn.utils.class_weight import compute_sample_weight
+        weight = compute_sample_weight(self._weights(self.class_weight), codes)
+        d = d.reshape(len(codes), -1)
+        targets = [codes] if d.shape[1] == 1 else [(codes == k).astype(int) for k in range(d.shape[1])]
+        a, b = [], []
+        for col, t in zip(d.T, targets):
+            if len(np.unique(t)) < 2:
+                a.append(1.0)
+                b.append(0.0)
+                continue
+            platt = LogisticRegression(C=1e4).fit(col[:, None], t, sample_weight=weight)
+            a.append(float(platt.coef_[0, 0]))
+            b.append(float(platt.intercept_[0]))
+        self.platt_a_, self.platt_b_ = np.asarray(a), np.asarray(b)
+        return self
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        p = _sigmoid(self._decision(X) * self.platt_a_ + self.platt_b_)
+        if p.shape[1] == 1:
+            return np.column_stack([1 - p[:, 0], p[:, 0]])
+        return p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
+
+
+def _knn_search(train: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine top-k (similarities, indices); FAISS exact search above a few thousand vectors."""
+    k = min(k, len(train))
+    if len(train) * len(queries) > 4_000_000:
+        import faiss
+        index = faiss.IndexFlatIP(train.shape[1])
+        index.add(np.ascontiguousarray(train, dtype=np.float32))
+        sims, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return sims.astype(np.float64), idx
+    sims = queries @ train.T
+    idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(sims, idx, axis=1), idx
+
+
+class KNNHead(_Classifier):
+    """k nearest neighbours by cosine similarity, similarity-weighted votes (FAISS for large sets)."""
+
+    normalize = "l2"  # fixed: cosine geometry
+
+    def __init__(self, n_neighbors: int = 15, weights: str = "distance"):
+        self.n_neighbors = n_neighbors
+        self.weights = weights
+
+    def fit(self, X: Any, y: Any) -> "KNNHead":
+        Xp, codes = self._targets(X, y)
+        self.X_train_ = Xp.astype(np.float32)
+        self.y_train_ = codes
+        return self
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        sims, idx = _knn_search(self.X_train_, X.astype(np.float32), self.n_neighbors)
+        w = np.maximum(sims, 0) + 1e-6 if self.weights == "distance" else np.ones_like(sims)
+        votes = np.zeros((len(X), len(self.classes_)))
+        np.add.at(votes, (np.repeat(np.arange(len(X)), idx.shape[1]), self.y_train_[idx].ravel()), w.ravel())
+        return votes / votes.sum(axis=1, keepdims=True)
+
+
+def _mlp_forward(X: np.ndarray, coefs: list[np.ndarray], intercepts: list[np.ndarray]) -> np.ndarray:
+    h = X
+    for W, b in zip(coefs[:-1], intercepts[:-1]):
+        h = np.maximum(h @ W + b, 0)
+    return h @ coefs[-1] + intercepts[-1]
+
+
+class MLPHead(_Classifier):
+    """A small one-hidden-layer MLP (ReLU, Adam, early stopping) on standardised features."""
+
+    def __init__(self, hidden: int = 256, alpha: float = 1e-3, max_iter: int = 200, normalize: str = "standard",
+                 random_state: int = 0):
+        self.hidden = hidden
+        self.alpha = alpha
+        self.max_iter = max_iter
+        self.normalize = normalize
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> "MLPHead":
+        import warnings
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+        Xp, codes = self._targets(X, y)
+        early = len(codes) >= 1000 and int(np.bincount(codes).min()) >= 10  # else every row is needed to train
+        mlp = MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, max_iter=self.max_iter,
+                            early_stopping=early, random_state=self.random_state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            mlp.fit(Xp, codes)
+        self.coefs_, self.intercepts_, self.n_iter_ = list(mlp.coefs_), list(mlp.intercepts_), int(mlp.n_iter_)
+        return self
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        z = _mlp_forward(X, self.coefs_, self.intercepts_)
+        if z.shape[1] == 1:
+            p = _sigmoid(z[:, 0])
+            return np.column_stack([1 - p, p])
+        return _softmax(z)
+
+
+@lru_cache(maxsize=8)
+def _booster_from(model_str: str):
+    import lightgbm as lgb
+    return lgb.Booster(model_str=model_str)
+
+
+class _Booster:
+    """LightGBM fitted state as its own text format (model_str_); Boosters are rebuilt from it, cached."""
+
+    model_str_: str
+    normalize = "none"  # trees need no rescaling
+
+    def _booster(self):
+        return _booster_from(self.model_str_)
+
+    def _lgb_fit(self, model: Any, X: np.ndarray, y: np.ndarray, stratify: bool) -> None:
+        """Fit with early stopping on a validation split of the training data (when there is enough of it)."""
+        import lightgbm as lgb
+        from sklearn.model_selection import train_test_split
+        fit_kw: dict = {}
+        strat = y if stratify and int(np.bincount(y).min()) >= 2 else None
+        if self.early_stopping_rounds and len(y) >= 100:
+            tr, va = train_test_split(np.arange(len(y)), test_size=self.validation_fraction, stratify=strat,
+                                      random_state=self.random_state)
+            fit_kw = {"callbacks": [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]}
+            if "eval_X" in inspect.signature(model.fit).parameters:  # LightGBM >= 4.6
+                fit_kw.update(eval_X=(X[va],), eval_y=(y[va],))
+            else:
+                fit_kw["eval_set"] = [(X[va], y[va])]
+            X, y = X[tr], y[tr]
+        model.fit(X, y, **fit_kw)
+        self.best_iteration_ = int(model.best_iteration_ or model.n_estimators)
+        self.model_str_ = model.booster_.model_to_string(num_iteration=self.best_iteration_)
+
+
+def _lgb_params(head: Any) -> dict:
+    return {"n_estimators": head.n_estimators, "learning_rate": head.learning_rate, "num_leaves": head.num_leaves,
+            "colsample_bytree": 0.5, "subsample": 0.8, "subsample_freq": 1, "min_child_samples": 5,
+            "verbose": -1, "n_jobs": 0, "random_state": head.random_state}
+
+
+class LightGBMHead(_Booster, _Classifier):
+    """Gradient-boosted trees; early stopping on a validation split of the training data."""
+
+    def __init__(self, n_estimators: int = 1000, learning_rate: float = 0.05, num_leaves: int = 31,
+                 early_stopping_rounds: int = 50, validation_fraction: float = 0.1,
+                 class_weight: str | None = None, random_state: int = 0):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.early_stopping_rounds = early_stopping_rounds
+        self.validation_fraction = validation_fraction
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> "LightGBMHead":
+        from lightgbm import LGBMClassifier
+        Xp, codes = self._targets(X, y)
+        self._lgb_fit(LGBMClassifier(class_weight=self._weights(self.class_weight), **_lgb_params(self)), Xp, codes,
+                      True)
+        return self
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        p = np.asarray(self._booster().predict(X))
+        return np.column_stack([1 - p, p]) if p.ndim == 1 else p
+
+
+class _Regressor(RegressorMixin, _Head):
+    def _xy(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        X, y = validate_data(self, X, y, y_numeric=True)
+        return self._prep_fit(X), np.asarray(y, dtype=np.float64)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self._predict(self._check(X))
+
+
+class RidgeHead(_Regressor):
+    """Ridge regression."""
+
+    def __init__(self, alpha: float = 1.0, normalize: str = "standard"):
+        self.alpha = alpha
+        self.normalize = normalize
+
+    def fit(self, X: Any, y: Any) -> "RidgeHead":
+        from sklearn.linear_model import Ridge
+        Xp, y = self._xy(X, y)
+        r = Ridge(alpha=self.alpha).fit(Xp, y)
+        self.coef_, self.intercept_ = np.atleast_1d(r.coef_), float(r.intercept_)
+        return self
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.coef_ + self.intercept_
+
+
+class KNNRegressorHead(_Regressor):
+    """Similarity-weighted mean of the k most cosine-similar training targets."""
+
+    normalize = "l2"  # fixed: cosine geometry
+
+    def __init__(self, n_neighbors: int = 15):
+        self.n_neighbors = n_neighbors
+
+    def fit(self, X: Any, y: Any) -> "KNNRegressorHead":
+        Xp, y = self._xy(X, y)
+        self.X_train_, self.y_train_ = Xp.astype(np.float32), y
+        return self
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        sims, idx = _knn_search(self.X_train_, X.astype(np.float32), self.n_neighbors)
+        w = np.maximum(sims, 0) + 1e-6
+        return (self.y_train_[idx] * w).sum(axis=1) / w.sum(axis=1)
+
+
+class LightGBMRegressorHead(_Booster, _Regressor):
+    """Gradient-boosted regression trees with early stopping."""
+
+    def __init__(self, n_estimators: int = 1000, learning_rate: float = 0.05, num_leaves: int = 31,
+                 early_stopping_rounds: int = 50, validation_fraction: float = 0.1, random_state: int = 0):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.early_stopping_rounds = early_stopping_rounds
+        self.validation_fraction = validation_fraction
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> "LightGBMRegressorHead":
+        from lightgbm import LGBMRegressor
+        Xp, y = self._xy(X, y)
+        self._lgb_fit(LGBMRegressor(**_lgb_params(self)), Xp, y, False)
+        return self
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self._booster().predict(X))
+
+
+class MultiLabelHead(_Head):
+    """One logistic regression per label for multi-label targets (an indicator matrix, see MultiLabelBinarizer)."""
+
+    def __init__(self, C: float = 1.0, normalize: str = "none", threshold: float = 0.5):
+        self.C = C
+        self.normalize = normalize
+        self.threshold = threshold
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.single_output = False
+        tags.target_tags.multi_output = True
+        tags.target_tags.required = True
+        return tags
+
+    def fit(self, X: Any, Y: Any) -> "MultiLabelHead":
+        from sklearn.linear_model import LogisticRegression
+        X, Y = validate_data(self, X, Y, multi_output=True)
+        Y = np.asarray(Y)
+        if Y.ndim != 2:
+            raise ValueError("MultiLabelHead expects a 2-D indicator matrix Y (one column per label)")
+        Xp = self._prep_fit(X)
+        coef, icpt = np.zeros((Y.shape[1], X.shape[1])), np.zeros(Y.shape[1])
+        for j in range(Y.shape[1]):
+            col = Y[:, j].astype(int)
+            if col.min() == col.max():  # a label always on or always off: a constant score
+                icpt[j] = 20.0 if col[0] else -20.0
+                continue
+            lr = LogisticRegression(C=self.C, max_iter=2000).fit(Xp, col)
+            coef[j], icpt[j] = lr.coef_[0], lr.intercept_[0]
+        self.coef_, self.intercept_ = coef, icpt
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return _sigmoid(self._check(X) @ self.coef_.T + self.intercept_)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return (self.predict_proba(X) >= self.threshold).astype(int)
 
 
 @dataclass(frozen=True)
 class Model:
-    factory: Callable[[dict], Any]
-    format: str        # how it is saved: "sklearn" (json + npz) or "lightgbm" (booster text)
+    cls: type
+    task: str          # classification | regression | multilabel
     help: str
+    grid: dict         # a small search space for `--search`
 
 
 MODELS: dict[str, Model] = {
-    "logreg": Model(_logreg, "sklearn", "logistic regression (L2, C=1), multinomial; calibrated-ish probabilities"),
-    "lightgbm": Model(_lightgbm, "lightgbm", "gradient-boosted trees (LightGBM), 400 rounds, lr 0.05"),
+    "logreg": Model(LogisticHead, "classification", "logistic regression (L2)", {"C": [0.1, 0.3, 1.0, 3.0, 10.0]}),
+    "svm": Model(LinearSVMHead, "classification", "linear SVM, Platt-calibrated probabilities",
+                 {"C": [0.01, 0.03, 0.1, 0.3, 1.0]}),
+    "knn": Model(KNNHead, "classification", "cosine k-nearest neighbours (FAISS above a few thousand)",
+                 {"n_neighbors": [5, 15, 45]}),
+    "mlp": Model(MLPHead, "classification", "one-hidden-layer MLP, early stopping",
+                 {"hidden": [128, 512], "alpha": [1e-4, 1e-2]}),
+    "lightgbm": Model(LightGBMHead, "classification", "gradient-boosted trees (LightGBM), early stopping",
+                      {"num_leaves": [15, 31, 63], "learning_rate": [0.03, 0.1]}),
+    "ridge": Model(RidgeHead, "regression", "ridge regression", {"alpha": [0.1, 1.0, 10.0, 100.0]}),
+    "knn-reg": Model(KNNRegressorHead, "regression", "cosine kNN regression", {"n_neighbors": [5, 15, 45]}),
+    "lightgbm-reg": Model(LightGBMRegressorHead, "regression", "LightGBM regression, early stopping",
+                          {"num_leaves": [15, 31, 63]}),
+    "multilabel": Model(MultiLabelHead, "multilabel", "one logistic regression per label (label lists)",
+                        {"C": [0.1, 1.0, 10.0]}),
 }
+
+HEAD_CLASSES: dict[str, type] = {m.cls.__name__: m.cls for m in MODELS.values()}
 
 
 def make(name: str, params: dict | None = None) -> Any:
     if name not in MODELS:
         raise InputError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
     try:
-        return MODELS[name].factory(dict(params or {}))
+        return MODELS[name].cls(**dict(params or {}))
     except TypeError as e:
-        raise InputError(f"model {name!r} does not take these parameters ({e})") from None
+        raise InputError(f"model {name!r} does not take these parameters ({e}); it takes "
+                         f"{sorted(MODELS[name].cls().get_params())}") from None
 
 
 def parse_params(pairs: list[str] | None) -> dict:
@@ -64,3 +481,4 @@ def parse_params(pairs: list[str] | None) -> dict:
                     pass
         out[key] = value
     return out
+

@@ -35,7 +35,7 @@ def trained(store):
     return store
 
 
-@pytest.mark.parametrize("model", ["logreg", "lightgbm"])
+@pytest.mark.parametrize("model", ["logreg", "svm", "knn", "mlp", "lightgbm"])
 def test_fit_eval_predict_roundtrip(trained, model):
     head, scores = heads.fit(trained, "train", "label", model, encoder=ENC, name="h")
     assert scores["accuracy"] > 0.9 and set(scores) >= {"accuracy", "macro_f1", "mcc"}
@@ -64,11 +64,11 @@ def test_dimension_and_fingerprint_refusals(trained):
     other_fp = trained.resolve_encoder("hashing:64?ngram=1").fingerprint
     with pytest.raises(FingerprintMismatchError, match="trained on"):
         head.predict_features(X, fingerprints=[other_fp])
-    with pytest.raises(Exception, match="no vectors of head 'h'"):
+    with pytest.raises(Exception, match="dataset 'other' has no vectors of encoder 'hashing:64'"):
         heads.evaluate(trained, "h", "other")
 
 
-@pytest.mark.parametrize("victim", ["model.npz", "head.json", "manifest.json", "train_hashes.npy"])
+@pytest.mark.parametrize("victim", ["model.npz", "model.json", "head.json", "manifest.json", "train_hashes.npy"])
 def test_tampered_head_is_refused(trained, victim):
     heads.fit(trained, "train", "label", "logreg", name="h")
     path = trained.path / "heads" / "h" / victim
@@ -114,7 +114,7 @@ def test_fit_eval_list_never_import_torch(trained):
 
 
 def test_bad_fit_requests(trained):
-    with pytest.raises(InputError, match="unknown model 'forest'; available: logreg, lightgbm"):
+    with pytest.raises(InputError, match="unknown model 'forest'; available: logreg, svm, knn, mlp, lightgbm"):
         heads.fit(trained, "train", "label", "forest")
     with pytest.raises(Exception, match="no items with a 'nolabel' label"):
         heads.fit(trained, "train", "nolabel", "logreg")

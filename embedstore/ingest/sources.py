@@ -62,10 +62,13 @@ class Source:
 
 # -- rows -> records -----------------------------------------------------------------------------------------
 def _str(value: Any) -> str | None:
+    """Cell -> text; lists and dicts (multi-label targets) as JSON, missing values as None."""
     if value is None:
         return None
     if isinstance(value, float) and value != value:  # NaN from a DataFrame
         return None
+    if isinstance(value, (list, tuple, dict)) or type(value).__name__ in ("ndarray", "Series"):
+        return json.dumps(value.tolist() if hasattr(value, "tolist") else value, default=str)
     return value if isinstance(value, str) else str(value)
 
 

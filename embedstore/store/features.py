@@ -28,13 +28,16 @@ def vector_block(column: pa.Array, dim: int) -> np.ndarray:
     return flat.astype(np.float32, copy=False).reshape(-1, dim)
 
 
-def label_expr(label: str) -> str:
-    """`label` is the ingest's --label-column; any other name reads that column from the item's metadata."""
-    return "i.label" if label == "label" else "json_extract_string(i.meta, ?)"
+ITEM_COLUMNS = ("item_id", "dataset", "key", "content_hash", "text", "source", "label", "status", "reason",
+                "updated")
 
 
-def label_params(label: str) -> list:
-    return [] if label == "label" else ['$."' + label.replace('"', '\\"') + '"']
+def column_expr(name: str) -> tuple[str, list]:
+    """SQL for an item column: `label` is the ingest's --label-column; other names are read from the
+    item's metadata (the source's remaining columns)."""
+    if name in ITEM_COLUMNS:
+        return f"i.{name}", []
+    return "json_extract_string(i.meta, ?)", ['$."' + name.replace('"', '\\"') + '"']
 
 
 def iter_vectors(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord",
@@ -59,21 +62,22 @@ class FeatureSet:
     n_missing_vectors: int = 0
     n_unlabelled: int = 0
     specs: list[str] = field(default_factory=list)
+    groups: np.ndarray | None = None
 
 
 def load_features(store: "Store", dataset: str, records: list["EncoderRecord"], label: str | None,
-                  ) -> FeatureSet:
+                  group: str | None = None) -> FeatureSet:
     """Rows: ok items with vectors of every record (concatenated in order) and, if `label`, a label."""
     store.require_dataset(dataset)
     joins = " ".join(f"JOIN {r.table} e{j} ON e{j}.content_hash = i.content_hash" for j, r in enumerate(records))
-    lab = label_expr(label) if label else "NULL"
-    lparams = label_params(label) if label else []
+    lab, lparams = column_expr(label) if label else ("NULL", [])
+    grp, gparams = column_expr(group) if group else ("NULL", [])
     base = f"FROM items i {joins} WHERE i.dataset = ? AND i.status = 'ok'"
+    filt, fparams = (f" AND {lab} IS NOT NULL", lparams) if label else ("", [])
     with store.connect() as con:
         n_ok = scalar(con, "SELECT count(*) FROM items WHERE dataset=? AND status='ok'", [dataset])
         n_vec = scalar(con, f"SELECT count(*) {base}", [dataset])
-        filt = f" AND {lab} IS NOT NULL" if label else ""
-        n = scalar(con, f"SELECT count(*) {base}{filt}", [dataset, *lparams]) if label else n_vec
+        n = scalar(con, f"SELECT count(*) {base}{filt}", [dataset, *fparams])
         if n == 0:
             what = f"with a {label!r} label " if label else ""
             raise NotFoundError(f"dataset {dataset!r} has no items {what}with vectors of "
@@ -81,25 +85,27 @@ def load_features(store: "Store", dataset: str, records: list["EncoderRecord"], 
         dims = [r.dim for r in records]
         X = np.empty((n, sum(dims)), dtype=np.float32)
         ys: list = []
+        gs: list = []
         keys: list[str] = []
         hashes: list[str] = []
         ids = np.empty(n, dtype=np.int64)
         cols = ", ".join(f"e{j}.vector AS v{j}" for j in range(len(records)))
-        sql = f"SELECT i.item_id, i.key, i.content_hash, {lab} AS y, {cols} {base}{filt} ORDER BY i.item_id"
-        args = [*lparams, dataset, *(lparams if label else [])]
+        sql = (f"SELECT i.item_id, i.key, i.content_hash, {lab} AS y, {grp} AS g, {cols} {base}{filt} "
+               "ORDER BY i.item_id")
         row = 0
-        for batch in arrow_batches(con, sql, args):
+        for batch in arrow_batches(con, sql, [*lparams, *gparams, dataset, *fparams]):
             m = batch.num_rows
             ids[row:row + m] = batch.column(0).to_numpy()
             keys += batch.column(1).to_pylist()
             hashes += batch.column(2).to_pylist()
             ys += batch.column(3).to_pylist()
+            gs += batch.column(4).to_pylist()
             off = 0
             for j, d in enumerate(dims):
-                X[row:row + m, off:off + d] = vector_block(batch.column(4 + j), d)
+                X[row:row + m, off:off + d] = vector_block(batch.column(5 + j), d)
                 off += d
             row += m
-    y = np.asarray(ys, dtype=object) if label else None
-    return FeatureSet(X, y, keys, hashes, ids, [r.fingerprint for r in records],
-                      n_missing_vectors=n_ok - n_vec, n_unlabelled=n_vec - n if label else 0,
-                      specs=[r.spec for r in records])
+    return FeatureSet(X, np.asarray(ys, dtype=object) if label else None, keys, hashes, ids,
+                      [r.fingerprint for r in records], n_missing_vectors=n_ok - n_vec,
+                      n_unlabelled=n_vec - n if label else 0, specs=[r.spec for r in records],
+                      groups=np.asarray(gs, dtype=object) if group else None)

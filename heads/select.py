@@ -1,0 +1,123 @@
+"""Model selection on cached features: one splitting protocol, task-aware metrics, a budgeted search,
+encoder x model comparison and learning curves. Selection uses train (and dev) only; a test set is scored once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from heads.estimators import MODELS, make
+
+
+# -- metrics -----------------------------------------------------------------------------------------------------
+def score(task: str, y_true: Any, y_pred: Any) -> dict:
+    """Classification: accuracy, macro-F1, MCC. Regression: R2, MAE, RMSE. Multi-label: micro/macro-F1, exact."""
+    from sklearn import metrics as m
+    n = int(len(y_true))
+    if task == "regression":
+        return {"r2": float(m.r2_score(y_true, y_pred)), "mae": float(m.mean_absolute_error(y_true, y_pred)),
+                "rmse": float(np.sqrt(m.mean_squared_error(y_true, y_pred))), "n": n}
+    if task == "multilabel":
+        return {"micro_f1": float(m.f1_score(y_true, y_pred, average="micro", zero_division=0)),
+                "macro_f1": float(m.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+                "subset_accuracy": float(m.accuracy_score(y_true, y_pred)), "n": n}
+    return {"accuracy": float(m.accuracy_score(y_true, y_pred)),
+            "macro_f1": float(m.f1_score(y_true, y_pred, average="macro")),
+            "mcc": float(m.matthews_corrcoef(y_true, y_pred)), "n": n}
+
+
+PRIMARY = {"classification": "macro_f1", "multilabel": "macro_f1", "regression": "r2"}
+METRICS = {"classification": ("accuracy", "macro_f1", "mcc"), "multilabel": ("micro_f1", "macro_f1",
+           "subset_accuracy"), "regression": ("r2", "mae", "rmse")}
+
+
+# -- splits ------------------------------------------------------------------------------------------------------
+@dataclass
+class Protocol:
+    """How a model is scored on training data: K folds (stratified, grouped when groups are given) or one
+    stratified hold-out split. The same Protocol gives every model and encoder identical splits."""
+
+    task: str
+    cv: int | None = 5
+    test_size: float = 0.2
+    seed: int = 0
+
+    def splits(self, y: np.ndarray, groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        from sklearn import model_selection as ms
+        idx = np.arange(len(y))
+        strat = y if self.task == "classification" else None
+        if self.cv:
+            if groups is not None:
+                k = ms.StratifiedGroupKFold if strat is not None else ms.GroupKFold
+                kw = {"shuffle": True, "random_state": self.seed} if strat is not None else {}
+                return list(k(n_splits=self.cv, **kw).split(idx, strat, groups))
+            k = ms.StratifiedKFold if strat is not None else ms.KFold
+            return list(k(n_splits=self.cv, shuffle=True, random_state=self.seed).split(idx, strat))
+        if groups is not None:
+            splitter = ms.GroupShuffleSplit(n_splits=1, test_size=self.test_size, random_state=self.seed)
+            return list(splitter.split(idx, y, groups))
+        tr, te = ms.train_test_split(idx, test_size=self.test_size, stratify=strat, random_state=self.seed)
+        return [(tr, te)]
+
+    def describe(self, grouped: bool) -> str:
+        kind = ("stratified " if self.task == "classification" else "") + ("grouped " if grouped else "")
+        if self.cv:
+            return f"{self.cv}-fold {kind}CV (seed {self.seed})"
+        return f"{kind}hold-out {self.test_size:.0%} (seed {self.seed})"
+
+
+def evaluate_splits(model: str, params: dict, X: np.ndarray, y: np.ndarray, task: str,
+                    splits: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Mean (and std over folds) of each metric, plus mean fit seconds."""
+    per, fit_s = [], []
+    for tr, te in splits:
+        est = make(model, params)
+        t0 = time.perf_counter()
+        est.fit(X[tr], y[tr])
+        fit_s.append(time.perf_counter() - t0)
+        per.append(score(task, y[te], est.predict(X[te])))
+    out = {k: float(np.mean([p[k] for p in per])) for k in METRICS[task]}
+    if len(per) > 1:
+        out.update({f"{k}_std": float(np.std([p[k] for p in per])) for k in METRICS[task]})
+    out.update(n=int(sum(p["n"] for p in per)), fit_seconds=float(np.mean(fit_s)))
+    return out
+
+
+# -- search ------------------------------------------------------------------------------------------------------
+def candidates(model: str, fixed: dict) -> Iterator[dict]:
+    """The model's small grid, with explicitly given parameters held fixed; defaults first."""
+    grid = {k: v for k, v in MODELS[model].grid.items() if k not in fixed}
+    yield dict(fixed)
+    for combo in itertools.product(*grid.values()):
+        yield {**fixed, **dict(zip(grid, combo))}
+
+
+def search(model: str, fixed: dict, X: np.ndarray, y: np.ndarray, task: str,
+           splits: list[tuple[np.ndarray, np.ndarray]], budget: float | None,
+           dev: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, list[dict]]:
+    """Try candidates (by CV on train, or fit-on-train / score-on-dev) until `budget` seconds are spent;
+    return the best parameters by the task's primary metric and the table of everything tried."""
+    key = PRIMARY[task]
+    start, tried, seen = time.perf_counter(), [], set()
+    for params in candidates(model, fixed):
+        sig = tuple(sorted(params.items()))
+        if sig in seen:
+            continue
+        seen.add(sig)
+        if dev is not None:
+            est = make(model, params)
+            t0 = time.perf_counter()
+            est.fit(X, y)
+            res = {**score(task, dev[1], est.predict(dev[0])), "fit_seconds": time.perf_counter() - t0}
+        else:
+            res = evaluate_splits(model, params, X, y, task, splits)
+        tried.append({"params": params, **res})
+        if budget is not None and time.perf_counter() - start > budget:
+            break
+    best = max(tried, key=lambda r: r[key])
+    return best["params"], tried
