@@ -166,7 +166,7 @@ class _Row:
 
 
 def _plan(recs: list[Record], hashes: list, reasons: list, existing: dict, vec_of: dict, trunc_of: dict,
-          fresh: set, modality: str, report: IngestReport, skipped: Counter):
+          fresh: set, report: IngestReport, skipped: Counter):
     """Sort the chunk's records into new rows, changed rows (new item id) and rows whose label/meta changed."""
     new, changed, relabelled, gone_ids = [], [], [], []
     for r, h, why in zip(recs, hashes, reasons):
@@ -178,7 +178,7 @@ def _plan(recs: list[Record], hashes: list, reasons: list, existing: dict, vec_o
             report.cached += h not in fresh
             report.truncated += bool(trunc_of.get(h))
         meta = json.dumps(r.meta, default=str) if r.meta else None
-        row = _Row(r.key, h, r.content if modality == "text" else None, r.source, r.label, meta,
+        row = _Row(r.key, h, r.content if isinstance(r.content, str) else None, r.source, r.label, meta,
                    "skipped" if why else "ok", why)
         old = existing.get(r.key)  # (item_id, content_hash, status, label, source, meta)
         if old is None:
@@ -252,7 +252,7 @@ def _ingest_chunk(store: "Store", enc: Encoder, record, live, dataset: str, sour
         new_emb = embed_missing(enc, record, todo, content_of, vec_of, trunc_of, bar.update)
         report.embedded += new_emb.num_rows
     new, changed, relabelled, gone_ids = _plan(recs, hashes, reasons, existing, vec_of, trunc_of, set(todo),
-                                               enc.modality, report, skipped)
+                                               report, skipped)
     with store.transaction() as con:
         store.ensure_dataset(dataset, enc.modality, source)
         con.execute("INSERT INTO dataset_encoders VALUES (?, ?) ON CONFLICT DO NOTHING",

@@ -24,7 +24,7 @@ CREATE TABLE items (
     dataset      VARCHAR NOT NULL,
     key          VARCHAR NOT NULL,
     content_hash VARCHAR,                 -- of the raw content as read; NULL only when unreadable
-    text         VARCHAR,                 -- raw text for text items (search results, SQL)
+    text         VARCHAR,                 -- the raw content when it is text (sentences, sequences)
     source       VARCHAR,
     label        VARCHAR,
     meta         JSON,
