@@ -49,11 +49,13 @@ def dump_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
-def run(main: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
-    """Run a command; library errors print as one line (no traceback) and exit 2."""
+def run(build_parser: Callable[[], argparse.ArgumentParser], commands: dict[str, Callable[[Any], int]],
+        argv: list[str] | None) -> int:
+    """Parse, dispatch to the sub-command; library errors print as one line (no traceback) and exit 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
-        return main(argv)
+        args = build_parser().parse_args(argv)
+        return commands[args.command](args)
     except EmbedstoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -247,13 +247,8 @@ COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "sql": cmd_sql, "info": 
             "gc": cmd_gc, "encoders": cmd_encoders, "index": cmd_index, "map": cmd_map}
 
 
-def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
-
-
 def main(argv: list[str] | None = None) -> int:
-    return run(_main, argv)
+    return run(build_parser, COMMANDS, argv)
 
 
 if __name__ == "__main__":

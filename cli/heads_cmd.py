@@ -239,13 +239,8 @@ COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "predict": cmd_predict, "compare":
             "export": cmd_export, "list": cmd_list}
 
 
-def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
-
-
 def main(argv: list[str] | None = None) -> int:
-    return run(_main, argv)
+    return run(build_parser, COMMANDS, argv)
 
 
 if __name__ == "__main__":
