@@ -32,6 +32,8 @@ SETTINGS: dict[str, Setting] = {
                 "during ingest, the FAISS index is persisted after this many new items"),
         Setting("lock_wait", "EMBEDSTORE_LOCK_WAIT", "30",
                 "seconds a reader waits for the database while an ingest writes a batch"),
+        Setting("duckdb_memory", "EMBEDSTORE_DUCKDB_MEMORY", "256MB",
+                "DuckDB's memory limit (its page cache; larger queries spill to <store>/embedstore.duckdb.tmp)"),
         Setting("device", "EMBEDSTORE_DEVICE", "auto",
                 "encoder device: auto (cuda when available), cpu, cuda, cuda:N"),
     ]

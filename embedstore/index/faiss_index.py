@@ -19,7 +19,7 @@ from embedstore.errors import CorruptFileError, InputError
 from embedstore.fsutil import atomic_write, atomic_write_json, sha256_file
 
 SIDECAR_VERSION = 1
-TARGET_RECALL = 0.97  # nprobe is raised until self-query recall@10 reaches this on a sample
+TARGET_RECALL = 0.97  # nprobe is raised until held-out recall@10 reaches this on a sample
 
 
 def choose_factory(n: int) -> str:
@@ -88,19 +88,25 @@ class VectorIndex:
         scores, ids = self.index.search(q, k, params=params)
         return scores, ids
 
-    def tune(self, sample: np.ndarray, k: int = 10, target: float = TARGET_RECALL) -> None:
-        """IVF only: the smallest power-of-two nprobe whose recall@k on `sample` queries reaches `target`."""
+    def tune(self, sample: np.ndarray, sample_ids: np.ndarray, k: int = 10, target: float = TARGET_RECALL) -> None:
+        """IVF only: the smallest power-of-two nprobe whose recall@k reaches `target` for stored vectors used as
+        held-out queries (each query's own id is dropped from both result lists, so that a query is not found
+        trivially in its own cell: it then stands for a new item from the same distribution)."""
         if not self.factory.startswith("IVF"):
             return
         nlist = self.index.nlist
-        _, exact = self.search(sample, k, nprobe=nlist)
+
+        def neighbours(nprobe: int) -> list[set]:
+            _, ids = self.search(sample, k + 1, nprobe=nprobe)
+            return [set([i for i in row if i != own][:k]) for row, own in zip(ids, sample_ids)]
+
+        exact = neighbours(nlist)
         nprobe, recall = 1, 0.0
         while True:
-            _, got = self.search(sample, k, nprobe=nprobe)
-            recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(exact, got)]))
+            recall = float(np.mean([len(a & b) / k for a, b in zip(exact, neighbours(nprobe))]))
             if recall >= target or nprobe >= nlist:
                 break
-            nprobe *= 2
+            nprobe = min(nprobe * 2, nlist)
         self.params.update(nprobe=nprobe, tuned_recall_at_10=round(recall, 4), tuned_queries=len(sample))
 
     # -- persistence ---------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ class LiveIndex:
                 if state["count"] != self.index.ntotal:
                     log.warning("index %s/%s holds %d vectors but the database %d; rebuilding",
                                 self.dataset, self.record.short, self.index.ntotal, state["count"])
+                self.index = None  # free the old index before its replacement is built from the database
                 self.index = build(con, self.dataset, self.record, state["count"])
         self.index.save(self.store.index_path(self.dataset, self.record), state)
         self.dirty, self.unsaved = False, 0
@@ -79,27 +80,27 @@ def _outgrown(index: VectorIndex, n: int) -> bool:
     return index.factory.startswith("IVF") and n > 4 * index.params.get("trained_on", n)
 
 
+def _hash_sample(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord", n: int, size: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """About `size` vectors chosen by a hash of their item ids: the same sample on every run."""
+    frac = min(1.0, 1.2 * size / max(n, 1))
+    parts = list(iter_vectors(con, dataset, record, "AND hash(i.item_id) % 1000000 < ?", [int(frac * 1e6)]))
+    ids = np.concatenate([p[0] for p in parts])
+    order = np.argsort((ids * 2654435761) % 2**32, kind="stable")[:size]  # a spread of old and new items
+    return ids[order], np.concatenate([p[1] for p in parts])[order]
+
+
 def build(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord", n: int) -> VectorIndex:
     """A fresh index over everything DuckDB holds for (dataset, encoder)."""
     index = VectorIndex.create(record.dim, choose_factory(n))
     if index.needs_training:
-        nlist = index.index.nlist
-        frac = min(1.0, (nlist * TRAIN_PER_LIST * 1.2) / max(n, 1))
-        sample = np.concatenate([x for _, x in iter_vectors(
-            con, dataset, record, "AND hash(i.item_id) % 1000000 < ?", [int(frac * 1_000_000)])])
-        index.train(sample)
+        index.train(_hash_sample(con, dataset, record, n, index.index.nlist * TRAIN_PER_LIST)[1])
         index.params["trained_on"] = n
     for ids, x in iter_vectors(con, dataset, record):
         index.add(ids, x)
     if index.factory.startswith("IVF") and n:
-        rng = np.random.default_rng(0)
-        pick = np.sort(rng.choice(n, size=min(TUNE_QUERIES, n), replace=False))
-        queries, seen = [], 0
-        for _, x in iter_vectors(con, dataset, record):
-            local = pick[(pick >= seen) & (pick < seen + len(x))] - seen
-            queries.append(x[local])
-            seen += len(x)
-        index.tune(np.concatenate(queries))
+        ids, x = _hash_sample(con, dataset, record, n, TUNE_QUERIES)
+        index.tune(x, ids)
     return index
 
 

@@ -43,9 +43,10 @@ def column_expr(name: str) -> tuple[str, list]:
 def iter_vectors(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord",
                  where: str = "", params: Sequence = (), batch_rows: int = BATCH_ROWS
                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(item_ids, vectors) batches of the dataset's ok items that have a vector of `record`, by item id."""
+    """(item_ids, vectors) batches of the dataset's ok items that have a vector of `record`, in no particular
+    order (sorting would make DuckDB sort the vectors too)."""
     sql = (f"SELECT i.item_id, e.vector FROM items i JOIN {record.table} e ON e.content_hash = i.content_hash "
-           f"WHERE i.dataset = ? AND i.status = 'ok' {where} ORDER BY i.item_id")
+           f"WHERE i.dataset = ? AND i.status = 'ok' {where}")
     for batch in arrow_batches(con, sql, [dataset, *params], batch_rows):
         yield (batch.column(0).to_numpy().astype(np.int64, copy=False),
                vector_block(batch.column(1), record.dim))
@@ -83,28 +84,27 @@ def load_features(store: "Store", dataset: str, records: list["EncoderRecord"], 
             raise NotFoundError(f"dataset {dataset!r} has no items {what}with vectors of "
                                 f"{'+'.join(r.spec for r in records)} ({n_ok} ok items, {n_vec} with vectors)")
         dims = [r.dim for r in records]
+        # rows come back unordered; each is written straight to its place in item-id order (deterministic
+        # features without DuckDB sorting the vectors, and no second copy of the matrix)
+        order = np.array([r[0] for r in con.execute(f"SELECT i.item_id {base}{filt} ORDER BY i.item_id",
+                                                    [dataset, *fparams]).fetchall()], dtype=np.int64)
         X = np.empty((n, sum(dims)), dtype=np.float32)
-        ys: list = []
-        gs: list = []
-        keys: list[str] = []
-        hashes: list[str] = []
-        ids = np.empty(n, dtype=np.int64)
+        ys: list = [None] * n
+        gs: list = [None] * n
+        keys: list = [None] * n
+        hashes: list = [None] * n
         cols = ", ".join(f"e{j}.vector AS v{j}" for j in range(len(records)))
-        sql = (f"SELECT i.item_id, i.key, i.content_hash, {lab} AS y, {grp} AS g, {cols} {base}{filt} "
-               "ORDER BY i.item_id")
-        row = 0
+        sql = f"SELECT i.item_id, i.key, i.content_hash, {lab} AS y, {grp} AS g, {cols} {base}{filt}"
         for batch in arrow_batches(con, sql, [*lparams, *gparams, dataset, *fparams]):
-            m = batch.num_rows
-            ids[row:row + m] = batch.column(0).to_numpy()
-            keys += batch.column(1).to_pylist()
-            hashes += batch.column(2).to_pylist()
-            ys += batch.column(3).to_pylist()
-            gs += batch.column(4).to_pylist()
+            pos = np.searchsorted(order, batch.column(0).to_numpy())
+            for column, target in ((1, keys), (2, hashes), (3, ys), (4, gs)):
+                for p, v in zip(pos, batch.column(column).to_pylist()):
+                    target[p] = v
             off = 0
             for j, d in enumerate(dims):
-                X[row:row + m, off:off + d] = vector_block(batch.column(5 + j), d)
+                X[pos, off:off + d] = vector_block(batch.column(5 + j), d)
                 off += d
-            row += m
+        ids = order
     return FeatureSet(X, np.asarray(ys, dtype=object) if label else None, keys, hashes, ids,
                       [r.fingerprint for r in records], n_missing_vectors=n_ok - n_vec,
                       n_unlabelled=n_vec - n if label else 0, specs=[r.spec for r in records],

@@ -98,7 +98,8 @@ class Store:
         deadline = time.monotonic() + float(config.setting("lock_wait"))
         while True:
             try:
-                return duckdb.connect(str(self.db_path), read_only=self.read_only)
+                return duckdb.connect(str(self.db_path), read_only=self.read_only,
+                                      config={"memory_limit": config.setting("duckdb_memory")})
             except duckdb.IOException as e:
                 if "lock" not in str(e).lower() or time.monotonic() > deadline:
                     raise EmbedstoreError(f"cannot open {self.db_path}: {e}") from e
