@@ -62,6 +62,16 @@ class VectorIndex:
     def train(self, sample: np.ndarray) -> None:
         self.index.train(_normalized(sample))
 
+    def reserve(self, n: int) -> None:
+        """Exact indexes: allocate room for `n` vectors at once, so that growing by appends does not double the
+        buffer (and briefly hold old and new copies) as std::vector growth would."""
+        if self.factory != "IDMap2,Flat" or n <= self.ntotal:
+            return
+        flat = faiss.downcast_index(self.index.index)
+        used = flat.codes.size()
+        flat.codes.resize(n * flat.code_size)  # capacity stays when shrinking back
+        flat.codes.resize(used)
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
