@@ -170,8 +170,8 @@ class Head:
                         insert_embeddings(con, record, rows)
             for i, h in enumerate(hashes):
                 v = vec_of.get(h) if h else None
-                if h and v is None:
-                    reasons[i] = "the encoder produced non-finite values (NaN/inf)"
+                if h and v is None:  # the encoder failed on it: ask why (e.g. an undecodable image)
+                    reasons[i] = enc.skip_reason(inputs[i]) or "the encoder produced non-finite values (NaN/inf)"
                 if v is not None:
                     X[i, off:off + dim] = v
             off += dim

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import embedstore
+import embedstore.encoders
 from embedstore.errors import InputError
 
 ENC = "hashing:32"
@@ -135,3 +136,16 @@ def test_large_dataset_gets_a_tuned_ivf_index(store, monkeypatch):
         truth = set(fs.item_ids[s >= kth - 1e-6])  # ties at the 10th score count as correct
         recalls.append(len(got & truth) / 10)
     assert np.mean(recalls) >= 0.9
+
+
+def test_ivf_that_does_not_pay_falls_back_to_exact(store, monkeypatch):
+    """Uniform random vectors have no clusters: IVF would have to scan most lists, so exact search is kept."""
+    monkeypatch.setenv("EMBEDSTORE_EXACT_INDEX_MAX", "1000")
+    rng = np.random.default_rng(0)
+    from embedstore.index.sync import build
+    rec = store.register_encoder(embedstore.encoders.get_encoder("hashing:32"))
+    rows = [{"text": " ".join(map(str, rng.integers(0, 10**6, 6)))} for _ in range(4000)]
+    store.ingest(rows, dataset="u", encoder="hashing:32", progress=False)
+    with store.connect() as con:
+        index = build(con, "u", rec, 4000)
+    assert index.factory == "IDMap2,Flat" and index.params["ivf_rejected_at"] == 4000

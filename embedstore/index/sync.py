@@ -75,6 +75,8 @@ class LiveIndex:
 
 def _outgrown(index: VectorIndex, n: int) -> bool:
     wanted = choose_factory(n)
+    if "ivf_rejected_at" in index.params and n <= 4 * index.params["ivf_rejected_at"]:
+        return False  # IVF was tried on this data and did not pay; exact stays until the data grows 4x
     if wanted.startswith("IVF") != index.factory.startswith("IVF"):
         return True
     return index.factory.startswith("IVF") and n > 4 * index.params.get("trained_on", n)
@@ -101,6 +103,18 @@ def build(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord
     if index.factory.startswith("IVF") and n:
         ids, x = _hash_sample(con, dataset, record, n, TUNE_QUERIES)
         index.tune(x, ids)
+        nlist, nprobe = index.index.nlist, index.params["nprobe"]
+        if nprobe > nlist // 4:
+            # data without cluster structure (e.g. uniform random): IVF must scan most lists to be accurate,
+            # so exact search is as good and faster
+            log.info("IVF needed nprobe %d of %d lists for recall %.2f on %s; using exact search",
+                     nprobe, nlist, index.params["tuned_recall_at_10"], dataset)
+            index = None
+            index = VectorIndex.create(record.dim, "IDMap2,Flat")
+            index.reserve(n)
+            for ids, x in iter_vectors(con, dataset, record):
+                index.add(ids, x)
+            index.params.update(ivf_rejected_at=n, ivf_rejected=f"nprobe {nprobe} of {nlist} lists needed")
     return index
 
 
