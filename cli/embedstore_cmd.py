@@ -12,6 +12,8 @@ from cli.common import add_store_arg, dump_json, open_store, run, table
 EPILOG = """examples:
   embedstore ingest train.tsv --dataset sst2 --text-column sentence --label-column label --encoder minilm
   embedstore search --dataset sst2 --text "a warm, funny film" -k 5
+  embedstore ingest ./photos/ --dataset pets --encoder efficientnet-lite0      # label = parent folder
+  embedstore search --dataset pets --image query.jpg -k 10
   embedstore sql "SELECT label, count(*) FROM items WHERE dataset='sst2' GROUP BY label"
   embedstore info
 """
@@ -24,14 +26,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ing = sub.add_parser("ingest", help="embed a file, directory or table into a dataset",
-                         description="Read SOURCE (CSV/TSV/JSONL/Parquet, optionally .gz, or a directory of .txt "
-                         "files), embed what is not cached yet, and store items, vectors and the index. "
+                         description="Read SOURCE (CSV/TSV/JSONL/Parquet or FASTA/FASTQ, optionally .gz, or a "
+                         "directory of .txt files), embed what is not cached yet, and store items, vectors and the index. "
                          "Re-running updates by key and embeds only changed content.")
     ing.add_argument("source", help="file or directory to ingest")
     ing.add_argument("--dataset", required=True, help="dataset name (letters, digits, _ - .)")
     ing.add_argument("--encoder", required=True, help="encoder spec, e.g. minilm, st:/path, hf:/path?pooling=cls, "
                      "hashing:256 (see `embedstore encoders`)")
     ing.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    ing.add_argument("--sequence-column", dest="text_column", help="column holding DNA/RNA sequences (the same "
+                     "as --text-column; FASTA/FASTQ files need neither)")
+    ing.add_argument("--path-column", help="image encoders: the table column holding image file paths (relative "
+                     "to the table's folder); folders of images and tar shards (.tar, .tar.gz) need none")
     ing.add_argument("--label-column", help="column holding the label, if any")
     ing.add_argument("--id-column", help="column holding a unique id (default key: <file name>:<row>)")
     ing.add_argument("--sep", help="field separator (default: tab for .tsv, comma for .csv)")
@@ -40,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--no-header", dest="header", action="store_false", help="the file has no header row")
     ing.add_argument("--columns", help="comma-separated column names (with --no-header, or to rename)")
     ing.add_argument("--encoding", default="utf-8", help="text encoding of the file (default: utf-8)")
-    ing.add_argument("--format", choices=["csv", "tsv", "jsonl", "parquet", "dir"],
+    ing.add_argument("--format", choices=["csv", "tsv", "jsonl", "parquet", "dir", "fasta", "fastq"],
                      help="input format when the suffix does not tell")
     ing.add_argument("--chunk-size", type=int, help="rows per transaction (default: adaptive, about 2 s of work "
                      "each; a crash loses at most the chunk in flight)")
@@ -53,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--dataset", required=True)
     q = se.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="query text (embedded with the dataset's encoder, or taken from the cache)")
+    q.add_argument("--sequence", dest="text", help="query DNA/RNA sequence (for datasets of a DNA encoder)")
+    q.add_argument("--image", metavar="FILE", help="query image (for datasets of an image encoder; --text on a "
+                   "clip: dataset searches images by text)")
     q.add_argument("--key", help="an item's key: its neighbours (itself excluded)")
     q.add_argument("--vector", metavar="FILE", help="query vector: .npy, or a JSON/whitespace list of numbers")
     se.add_argument("-k", type=int, default=10, help="number of neighbours (default 10)")
@@ -114,6 +123,7 @@ def cmd_ingest(args) -> int:
     with open_store(args, read_only=False) as store:
         report = store.ingest(args.source, dataset=args.dataset, encoder=args.encoder,
                               text_column=args.text_column, label_column=args.label_column,
+                              path_column=args.path_column,
                               id_column=args.id_column, sep=args.sep, quoting=args.quoting, header=args.header,
                               columns=args.columns.split(",") if args.columns else None,
                               encoding=args.encoding, format=args.format, chunk_size=args.chunk_size,
@@ -127,7 +137,7 @@ def cmd_ingest(args) -> int:
 
 def cmd_search(args) -> int:
     with open_store(args, read_only=True) as store:
-        hits = store.search(args.dataset, args.text, k=args.k, key=args.key,
+        hits = store.search(args.dataset, Path(args.image) if args.image else args.text, k=args.k, key=args.key,
                             vector=_read_vector(args.vector) if args.vector else None, where=args.where,
                             encoder=args.encoder)
     rows = [{"rank": i + 1, "score": h.score, "key": h.key, "label": h.label, "text": h.text}

@@ -14,6 +14,7 @@ EPILOG = """examples:
   heads eval --head sst2-lr --dataset sst2-test --label label
   heads predict --head sst2-lr new.tsv --text-column sentence --out preds.csv
   heads compare --dataset trec --encoders minilm,paraphrase-l3,minilm+paraphrase-l3 --test-dataset trec-test
+  heads zero-shot --dataset pets --encoder clip:ViT-B-32@laion2b_s34b_b79k --labels "cat,dog"
   heads curve --dataset sst2 --encoder minilm --test-dataset sst2-test --out curve.png
   heads list
 """
@@ -62,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predict for new raw inputs (embeds them with the head's encoder)",
                         description="Embed INPUT with the head's own encoder (through the store's cache, so "
                         "repeated inputs are not re-embedded) and write predictions as CSV.")
-    pr.add_argument("input", help="CSV/TSV/JSONL/Parquet file or directory of .txt files")
+    pr.add_argument("input", help="CSV/TSV/JSONL/Parquet file or directory of .txt files (image heads: a folder "
+                    "of images, a tar shard, or a table with --path-column)")
     pr.add_argument("--head", required=True)
     pr.add_argument("--text-column", default="text")
+    pr.add_argument("--path-column", help="image heads: the table column of image file paths")
     pr.add_argument("--id-column")
     pr.add_argument("--sep")
     pr.add_argument("--encoding", default="utf-8")
@@ -104,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--head", required=True)
     ex.add_argument("--out", required=True, help="directory to create (heads.load_dir reads it)")
     add_store_arg(ex)
+
+    z = sub.add_parser("zero-shot", help="label images with a CLIP encoder's text tower, no training",
+                       description="Score every item's stored CLIP image vector against text prompts made from "
+                       "LABELS (their mean text vector per label) and predict the closest; items whose label is one "
+                       "of LABELS are scored. Only the prompts run the model.")
+    z.add_argument("--dataset", required=True)
+    z.add_argument("--encoder", default="", help="the clip: spec as ingested (default: the dataset's only encoder)")
+    z.add_argument("--labels", required=True, help="comma-separated label names, e.g. \"fracture,normal\"")
+    z.add_argument("--template", action="append", metavar="TEXT",
+                   help="prompt with {} for the label (repeatable: prompts are averaged; default: "
+                   "\"a photo of a {}.\")")
+    z.add_argument("--label", default="label", help="column to score against ('none' to skip scoring)")
+    z.add_argument("--out", help="write key, prediction and per-label probabilities as CSV")
+    z.add_argument("--json", action="store_true")
+    add_store_arg(z)
 
     ls = sub.add_parser("list", help="saved heads with their metrics")
     ls.add_argument("--json", action="store_true")
@@ -160,11 +178,13 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     import csv
     import heads
+    from embedstore.encoders import get_encoder
     from embedstore.ingest.sources import TableOptions, open_source
     with open_store(args, read_only=args.no_cache) as store:
         head = heads.load(store, args.head)
-        records = list(open_source(args.input, TableOptions(text_column=args.text_column, id_column=args.id_column,
-                                                            sep=args.sep, encoding=args.encoding)))
+        opts = TableOptions(text_column=args.text_column, id_column=args.id_column, sep=args.sep,
+                            encoding=args.encoding, path_column=args.path_column)
+        records = list(open_source(args.input, opts, modality=get_encoder(head.meta["encoders"][0]).modality))
         X, reasons = head.embed([r.content or "" for r in records], no_cache=args.no_cache)
         pred = head.predict_features(X)
         proba = head.predict_proba_features(X) if head.task != "regression" else None
@@ -219,6 +239,37 @@ def cmd_curve(args) -> int:
     return 0
 
 
+def cmd_zero_shot(args) -> int:
+    import csv
+    from collections import Counter
+
+    from heads.zeroshot import DEFAULT_TEMPLATES, zero_shot
+    with open_store(args, read_only=True) as store:
+        r = zero_shot(store, args.dataset, args.labels.split(","), encoder=args.encoder,
+                      templates=args.template or DEFAULT_TEMPLATES, label=None if args.label == "none" else args.label)
+    if args.out:
+        with open(args.out, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["key", "prediction"] + [f"p_{c}" for c in r.labels])
+            w.writerows([k, p, *(f"{v:.6f}" for v in row)] for k, p, row in zip(r.keys, r.predictions,
+                                                                                   r.probabilities))
+    counts = Counter(r.predictions.tolist())
+    if args.json:
+        dump_json({"n": len(r.keys), "predicted": dict(counts), "metrics": r.metrics, "unmatched": r.n_unmatched})
+        return 0
+    print(f"zero-shot {args.dataset}: {len(r.keys):,} items labelled with {', '.join(r.labels)}")
+    table([{"label": c, "predicted": counts.get(c, 0)} for c in r.labels])
+    if r.metrics:
+        _print_metrics(r.metrics)
+    elif args.label != "none":
+        print(f"not scored: no item's {args.label!r} is one of the labels", file=sys.stderr)
+    if r.n_unmatched:
+        print(f"{r.n_unmatched:,} labelled items have a label outside --labels and were not scored", file=sys.stderr)
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args) -> int:
     import heads
     with open_store(args, read_only=True) as store:
@@ -236,7 +287,7 @@ def cmd_list(args) -> int:
 
 
 COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "predict": cmd_predict, "compare": cmd_compare, "curve": cmd_curve,
-            "export": cmd_export, "list": cmd_list}
+            "export": cmd_export, "list": cmd_list, "zero-shot": cmd_zero_shot}
 
 
 def main(argv: list[str] | None = None) -> int:

