@@ -93,28 +93,33 @@ def _hash_sample(con: "duckdb.DuckDBPyConnection", dataset: str, record: "Encode
 
 
 def build(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord", n: int) -> VectorIndex:
-    """A fresh index over everything DuckDB holds for (dataset, encoder)."""
+    """A fresh index over everything DuckDB holds for (dataset, encoder).
+
+    IVF is first trained and tuned on a sample alone: data without cluster structure (e.g. uniform random),
+    where IVF would have to scan over a quarter of its lists for the target recall, gets exact search instead,
+    before memory is spent on a full IVF."""
     index = VectorIndex.create(record.dim, choose_factory(n))
     if index.needs_training:
-        index.train(_hash_sample(con, dataset, record, n, index.index.nlist * TRAIN_PER_LIST)[1])
-        index.params["trained_on"] = n
+        ids, x = _hash_sample(con, dataset, record, n, index.index.nlist * TRAIN_PER_LIST)
+        index.train(x)
+        index.add(ids, x)
+        held = np.sort(np.random.default_rng(0).choice(len(ids), size=min(TUNE_QUERIES, len(ids)), replace=False))
+        index.tune(x[held], ids[held])
+        nlist, nprobe = index.index.nlist, index.params["nprobe"]
+        if nprobe > nlist // 4:
+            log.info("IVF needed nprobe %d of %d lists on a sample of %s; using exact search", nprobe, nlist,
+                     dataset)
+            index = VectorIndex.create(record.dim, "IDMap2,Flat")
+            index.params.update(ivf_rejected_at=n, ivf_rejected=f"nprobe {nprobe} of {nlist} lists needed")
+        else:
+            index.remove(ids)
+            index.params["trained_on"] = n
+    index.reserve(n)
     for ids, x in iter_vectors(con, dataset, record):
         index.add(ids, x)
     if index.factory.startswith("IVF") and n:
         ids, x = _hash_sample(con, dataset, record, n, TUNE_QUERIES)
         index.tune(x, ids)
-        nlist, nprobe = index.index.nlist, index.params["nprobe"]
-        if nprobe > nlist // 4:
-            # data without cluster structure (e.g. uniform random): IVF must scan most lists to be accurate,
-            # so exact search is as good and faster
-            log.info("IVF needed nprobe %d of %d lists for recall %.2f on %s; using exact search",
-                     nprobe, nlist, index.params["tuned_recall_at_10"], dataset)
-            index = None
-            index = VectorIndex.create(record.dim, "IDMap2,Flat")
-            index.reserve(n)
-            for ids, x in iter_vectors(con, dataset, record):
-                index.add(ids, x)
-            index.params.update(ivf_rejected_at=n, ivf_rejected=f"nprobe {nprobe} of {nlist} lists needed")
     return index
 
 
