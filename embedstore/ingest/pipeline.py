@@ -158,10 +158,12 @@ def embed_missing(enc: Encoder, record, todo: list[str], content_of: dict, vec_o
 
 
 def insert_embeddings(con, record, rows: pa.Table) -> None:
+    """Plain INSERT: the rows were looked up as missing under the writer lock, so none can exist (the primary key
+    still guards it). DuckDB 2's ON CONFLICT path needs far more memory for wide vectors."""
     if rows.num_rows:
         con.register("_emb", rows)
         con.execute(f"INSERT INTO {record.table} (content_hash, vector, n_tokens, truncated, device, dtype) "
-                    "SELECT * FROM _emb ON CONFLICT DO NOTHING")
+                    "SELECT * FROM _emb")
         con.unregister("_emb")
 
 
