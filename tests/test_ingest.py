@@ -152,3 +152,12 @@ def test_features_concatenation_and_label_from_metadata(store, tmp_path):
     assert sorted(set(topic)) == ["t0", "t1", "t2"]
     with pytest.raises(InputError, match="2 encoders"):
         store.features("d", "", label="label")
+
+
+def test_wide_vectors_fit_in_the_default_duckdb_memory_limit(store):
+    """4096-d vectors once failed at the 256MB limit (DuckDB's ON CONFLICT path)."""
+    rows = [f"text number {i} alpha beta" for i in range(1500)]
+    r = store.ingest(rows, dataset="w", encoder="hashing:4096", progress=False)
+    assert r.embedded == 1500
+    r = store.ingest(rows + ["one more"], dataset="w", encoder="hashing:4096", progress=False)
+    assert (r.embedded, r.cached) == (1, 1500)
