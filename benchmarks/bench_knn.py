@@ -16,6 +16,7 @@ DESC LIMIT 10` over an in-memory DuckDB FLOAT[384] table of the same vectors (ti
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +29,11 @@ from _common import (import_library, parser, peak_rss_mb, ratio, rss_mb, show, s
 
 K = 10
 BATCH = 100
+
+
+def index_file_mb(sidecar: Path) -> float:
+    """Size of the data file an index sidecar names."""
+    return sidecar.with_name(json.loads(sidecar.read_text())["file"]).stat().st_size / 2**20
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -240,7 +246,7 @@ def part_random(args, tmp: Path) -> dict:
         built = {"seconds": build.seconds, "factory": live.index.factory, "params": live.index.params,
                  "ntotal": live.index.ntotal, "rss_before_mb": rss0, "rss_after_mb": rss_mb(),
                  "peak_rss_mb": peak_rss_mb(), "vectors_mb": X.nbytes / 2**20,
-                 "file_mb": store.index_path("random", live.record).stat().st_size / 2**20}
+                 "file_mb": index_file_mb(store.index_path("random", live.record))}
     show("store fill (items + vectors via Arrow), s", fill.seconds)
     show("index build + persist, s", build.seconds)
     show("index", f"{built['factory']} {built['params']}")

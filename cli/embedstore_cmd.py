@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cli.common import add_store_arg, dump_json, open_store, run, table
+from embedstore.errors import InputError
 
 EPILOG = """examples:
   embedstore ingest train.tsv --dataset sst2 --text-column sentence --label-column label --encoder minilm
@@ -116,7 +117,11 @@ def _read_vector(path: str):
     if p.suffix == ".npy":
         return np.load(p, allow_pickle=False)
     text = p.read_text().strip()
-    return np.asarray(json.loads(text) if text.startswith("[") else text.split(), dtype=np.float32)
+    try:
+        return np.asarray(json.loads(text) if text.startswith("[") else text.split(), dtype=np.float32)
+    except ValueError as e:
+        raise InputError(f"query vector file {path}: expected numbers (a JSON list, whitespace-separated, or a .npy "
+                         f"file), found {text[:40]!r}... ({e})") from None
 
 
 def cmd_ingest(args) -> int:
@@ -155,7 +160,6 @@ def cmd_search(args) -> int:
 
 
 def cmd_sql(args) -> int:
-    from embedstore.errors import InputError
     from embedstore.sql import run_sql
     if args.format == "parquet" and not args.out:
         raise InputError("--format parquet needs --out FILE")
@@ -231,9 +235,7 @@ def cmd_index(args) -> int:
     with open_store(args, read_only=False) as store:
         record = store.resolve_encoder(args.encoder, args.dataset)
         if args.rebuild:
-            path = store.index_path(args.dataset, record)
-            for p in (path, path.with_suffix(".json")):
-                p.unlink(missing_ok=True)
+            store.index_path(args.dataset, record).unlink(missing_ok=True)  # its data file goes at the next save
         live = store.index(args.dataset, record)
         print(f"{args.dataset} / {record.spec} (fp:{record.short}): {live.index.factory}, "
               f"{live.index.ntotal:,} vectors, {live.origin}; params {live.index.params}")

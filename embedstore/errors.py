@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class EmbedstoreError(Exception):
     """Base class: the CLI prints these without a traceback."""
@@ -40,3 +44,27 @@ class FingerprintMismatchError(EmbedstoreError):
 
 class CorruptFileError(EmbedstoreError):
     """A derived file (index, head) failed its checksum."""
+
+
+class DiskFullError(EmbedstoreError, OSError):
+    """A write failed for lack of space (or a file-size limit); nothing committed before it was lost."""
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_FULL_WORDS = ("no space left", "file too large", "disk quota", "not enough space")
+
+
+@contextmanager
+def disk_full_as_error() -> Iterator[None]:
+    """Turn the many shapes of "disk full" (OSError errno, DuckDB IO/transaction errors, FAISS write errors)
+    into one DiskFullError that tells the user what to do. Also a decorator (@disk_full_as_error())."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as e:
+        if getattr(e, "errno", None) in _FULL_ERRNOS or any(w in str(e).lower() for w in _FULL_WORDS):
+            raise DiskFullError(f"out of disk space ({str(e).strip().splitlines()[0]}). Every "
+                                "batch committed before this one is kept; free space (or raise the file-size "
+                                "limit) and rerun the same command: it resumes where it stopped") from e
+        raise

@@ -1,12 +1,20 @@
-"""Crash-safe file writes: temp file -> fsync -> rename -> fsync directory; and checksums."""
+"""Crash-safe file writes: temp file -> fsync -> rename -> fsync directory; and checksums.
+
+Two kinds: `atomic_write` replaces a file in place (a crash leaves the old or the new one), and
+`write_versioned` writes a new file under a content-derived name, for files that a pointer (an index sidecar,
+a database row) names: the file a pointer names is then never overwritten, only removed once nothing names it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
+
+from embedstore.faults import fault_point
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -34,11 +42,44 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        fault_point("file.before_replace")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+    fault_point("file.after_replace")
     fsync_dir(path.parent)
+
+
+def write_versioned(directory: Path, stem: str, suffix: str, write: Callable[[Path], None]) -> tuple[Path, str]:
+    """Call `write(tmp)`, fsync it, and rename it to `<stem>.<sha256[:16]><suffix>`; returns (path, sha256)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{stem}.tmp.{os.getpid()}{suffix}"
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        digest = sha256_file(tmp)
+        path = directory / f"{stem}.{digest[:16]}{suffix}"
+        fault_point("file.before_replace")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fault_point("file.after_replace")
+    fsync_dir(directory)
+    return path, digest
+
+
+def remove_other_versions(directory: Path, stem: str, suffix: str, keep: str | None) -> None:
+    """Delete the versions of `stem` (and temporary files a killed writer left) except the file named `keep`.
+    Only the store's writer calls this, under its lock, so no other writer can be mid-write."""
+    for p in [*directory.glob(f"{stem}.*{suffix}"), *directory.glob(f".{stem}.tmp.*")]:
+        if p.name != keep:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -70,7 +70,15 @@ def _query_vector(store: "Store", dataset: str, record: "EncoderRecord", query: 
     if given != 1:
         raise InputError("search needs exactly one of: a query (text), key= (an item), vector= (a vector)")
     if vector is not None:
-        return as_float32_matrix(vector, record.dim), None
+        try:
+            q = as_float32_matrix(vector, record.dim)
+        except InputError:
+            raise
+        except (TypeError, ValueError) as e:  # numpy's own message for non-numbers
+            raise InputError(f"query vector must be numbers: {e}") from None
+        if q.shape[0] != 1:  # one query per search: the other rows would be ignored silently
+            raise InputError(f"search takes one query vector, found a matrix of {q.shape[0]} rows")
+        return q, None
     if key is not None:
         with store.connect() as con:
             row = first(con, f"SELECT i.item_id, e.vector FROM items i JOIN {record.table} e "

@@ -6,6 +6,7 @@ other file exports included, unless `allow_writes=True` (CLI: --allow-writes) on
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Sequence
 
 import duckdb
@@ -18,6 +19,30 @@ if TYPE_CHECKING:
     from embedstore.store.store import Store
 
 READ_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+# EXPLAIN [ANALYZE | (options)] <statement>, after any leading comments; ANALYZE runs <statement>
+_EXPLAIN = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*EXPLAIN\b"
+                      r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:ANALY[SZ]E\b|\((?:[^()]|\([^()]*\))*\))?",
+                      re.IGNORECASE | re.DOTALL)
+
+
+def _refuse(kind: str) -> InputError:
+    return InputError(f"refused a {kind} statement: `embedstore sql` is read-only (queries only; "
+                      "COPY/EXPORT to files too). Use --allow-writes to modify the store on purpose")
+
+
+def _check_statement(st, depth: int = 0) -> None:
+    if st.type not in READ_TYPES:
+        raise _refuse(st.type.name.lower())
+    if st.type == duckdb.StatementType.EXPLAIN:  # EXPLAIN ANALYZE executes what it explains: check that too
+        m = _EXPLAIN.match(st.query)
+        try:
+            inner = duckdb.extract_statements(st.query[m.end():]) if m and depth < 4 else []
+        except duckdb.Error:
+            inner = []
+        if len(inner) != 1:
+            raise InputError("refused an EXPLAIN statement whose explained statement cannot be checked: "
+                             "`embedstore sql` is read-only")
+        _check_statement(inner[0], depth + 1)
 
 
 def check_read_only(query: str) -> None:
@@ -28,10 +53,7 @@ def check_read_only(query: str) -> None:
     if not stmts:
         raise InputError("no SQL statement given")
     for st in stmts:
-        if st.type not in READ_TYPES:
-            kind = st.type.name.lower()
-            raise InputError(f"refused a {kind} statement: `embedstore sql` is read-only (queries only; "
-                             "COPY/EXPORT to files too). Use --allow-writes to modify the store on purpose")
+        _check_statement(st)
 
 
 def run_sql(store: "Store", query: str, params: Sequence | None = None, allow_writes: bool = False) -> pa.Table:

@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from embedstore.errors import FingerprintMismatchError, InputError, NotFoundError
+from embedstore.errors import FingerprintMismatchError, InputError, NotFoundError, disk_full_as_error
+from embedstore.faults import fault_point
+from embedstore.fsutil import remove_other_versions
 from embedstore.store.db import first
 from embedstore.store.features import FeatureSet, load_features
+from embedstore.store.store import check_name, head_dir
 from heads.estimators import MODELS, make
 from heads.persist import export_head_dir, read_head_dir, write_head_dir
 from heads.select import METRICS, PRIMARY, Protocol, evaluate_splits, score, search
@@ -98,6 +101,7 @@ class Head:
     model: Any
     train_hashes: np.ndarray
     store: "Store | None" = None
+    path: Path | None = None  # the verified directory its files were read from
 
     @property
     def classes_(self) -> np.ndarray:
@@ -220,6 +224,7 @@ def _records_in(store: "Store", dataset: str, specs: Sequence[str], fingerprints
     return out
 
 
+@disk_full_as_error()
 def fit(store: "Store", dataset: str, label: str = "label", model: str = "logreg", encoder: str = "",
         name: str | None = None, params: dict | None = None, cv: int | None = None, test_size: float = 0.2,
         seed: int = 0, group: str | None = None, search_params: bool = False, budget: float | None = None,
@@ -233,7 +238,7 @@ def fit(store: "Store", dataset: str, label: str = "label", model: str = "logreg
     if model not in MODELS:
         raise InputError(f"unknown model {model!r}; available: {', '.join(MODELS)}")
     task = MODELS[model].task
-    name = name or f"{dataset}-{model}"
+    name = check_name(name or f"{dataset}-{model}", "head")
     fs = _feature_set(store, dataset, encoder, label, group)
     X = fs.X
     y, label_names = targets(task, fs.y, dataset, label)
@@ -271,6 +276,10 @@ def fit(store: "Store", dataset: str, label: str = "label", model: str = "logreg
                     "checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [name, json.dumps(fs.fingerprints), "+".join(fs.specs), dataset, label, model,
                      json.dumps(meta["params"], default=str), json.dumps(scores), checksum])
+        fault_point("head.save.before_commit")
+    fault_point("head.save.after_commit")
+    current = head_dir(store.path / "heads", name, checksum)
+    remove_other_versions(current.parent, "head", "", keep=current.name)
     return load(store, name), scores
 
 
@@ -280,26 +289,28 @@ def _dims(store: "Store", fs: FeatureSet) -> list[int]:
 
 def load(store: "Store", name: str) -> Head:
     """A saved head, after its files match the checksums the store holds for them."""
+    check_name(name, "head")
     with store.connect() as con:
         row = first(con, "SELECT checksum FROM heads WHERE name = ?", [name])
         names = [r[0] for r in con.execute("SELECT name FROM heads ORDER BY name").fetchall()] if row is None else []
     if row is None:
         raise NotFoundError(f"no head {name!r} in {store.path}; heads: {names or 'none (fit one with heads fit)'}")
-    meta, model, hashes = read_head_dir(store.path / "heads" / name, row[0])
-    return Head(name, meta, model, hashes, store)
+    path = head_dir(store.path / "heads", name, row[0])
+    meta, model, hashes = read_head_dir(path, row[0], name)
+    return Head(name, meta, model, hashes, store, path)
 
 
 def load_dir(path: str | Path) -> Head:
     """An exported head directory (checked against its own manifest); predicts from features only."""
     path = Path(path)
-    meta, model, hashes = read_head_dir(path, None)
-    return Head(meta["name"], meta, model, hashes, None)
+    meta, model, hashes = read_head_dir(path, None, path.name)
+    return Head(meta["name"], meta, model, hashes, None, path)
 
 
 def export(store: "Store", name: str, dest: str | Path) -> Path:
     """Copy a verified head to a self-contained directory (see load_dir)."""
-    load(store, name)  # verifies the checksums before anything is copied
-    export_head_dir(store.path / "heads" / name, Path(dest))
+    head = load(store, name)  # verifies the checksums before anything is copied
+    export_head_dir(head.path, Path(dest))
     return Path(dest)
 
 

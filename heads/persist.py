@@ -1,14 +1,19 @@
 """Safe head files: nothing that runs code on load.
 
+In a store, head `name` lives in `heads/<name>/head.<sha16>/` (sha16: the start of its manifest's sha256, which
+the database's heads row holds); `heads/<name>/eval/` holds the reports of `heads eval`. An exported head is
+one such directory:
+
     <dir>/head.json         provenance: encoders and fingerprints, dim, classes, label, metrics, versions
     <dir>/model.json        the head class (looked up in an allowlist), its parameters, fitted scalars and strings
                             (a LightGBM head's fitted state is the booster's own text format, as a string here)
     <dir>/model.npz         the fitted arrays (numpy, read with allow_pickle=False)
     <dir>/train_hashes.npy  content hashes of the training items (overlap warnings)
     <dir>/manifest.json     sha256 of each file above; the store's database holds the manifest's sha256
-    <dir>/eval/             reports written by `heads eval` (not part of the model, never loaded)
 
-Written into a temporary directory, fsynced, then renamed into place; loading checks every checksum first.
+Saving writes a new version directory (temporary name, fsync, rename, fsync), then the caller points the
+database row at it and removes the old version: a crash at any step leaves the row naming a complete version.
+Loading checks every checksum first.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from typing import Any
 import numpy as np
 
 from embedstore.errors import CorruptFileError
+from embedstore.faults import fault_point
 from embedstore.fsutil import fsync_dir
+from embedstore.store.store import head_dir
 
 MODEL_FILES = ("head.json", "model.json", "model.npz", "train_hashes.npy")
 
@@ -81,9 +88,10 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def write_head_dir(root: Path, name: str, meta: dict, model: Any, train_hashes: list[str]) -> str:
-    """Write `root/name` atomically; returns the manifest checksum (the database keeps it)."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{name}-{os.getpid()}"
+    """Write a new version of head `name` (see the module docstring); returns its manifest checksum."""
+    parent = root / name
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".head.tmp.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     model_json, model_npz = dump_model(model)
@@ -97,20 +105,20 @@ def write_head_dir(root: Path, name: str, meta: dict, model: Any, train_hashes: 
                           indent=2, sort_keys=True).encode()
     _write(tmp / "manifest.json", manifest)
     fsync_dir(tmp)
-    final = root / name
-    old = root / f".old-{name}-{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    fsync_dir(root)
-    shutil.rmtree(old, ignore_errors=True)
-    return hashlib.sha256(manifest).hexdigest()
+    fault_point("head.save.before_rename")
+    checksum = hashlib.sha256(manifest).hexdigest()
+    final = head_dir(root, name, checksum)
+    if final.exists():  # the very same head was saved before (and verified on load)
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(parent)
+    return checksum
 
 
-def read_head_dir(d: Path, checksum: str | None) -> tuple[dict, Any, np.ndarray]:
+def read_head_dir(d: Path, checksum: str | None, name: str) -> tuple[dict, Any, np.ndarray]:
     """(meta, model, train hashes) after verifying the manifest (against `checksum` when the store gives one)
     and every model file against the manifest. Never unpickles anything."""
-    name = d.name
     man_path = d / "manifest.json"
     if not man_path.exists():
         raise CorruptFileError(f"head {name!r}: {man_path} is missing; refit the head (`heads fit ...`)")

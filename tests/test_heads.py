@@ -11,6 +11,7 @@ import pytest
 
 import heads
 from embedstore.errors import CorruptFileError, FingerprintMismatchError, InputError
+from embedstore.store.store import head_dir
 from tests.conftest import REPO
 
 ENC = "hashing:64"
@@ -70,8 +71,8 @@ def test_dimension_and_fingerprint_refusals(trained):
 
 @pytest.mark.parametrize("victim", ["model.npz", "model.json", "head.json", "manifest.json", "train_hashes.npy"])
 def test_tampered_head_is_refused(trained, victim):
-    heads.fit(trained, "train", "label", "logreg", name="h")
-    path = trained.path / "heads" / "h" / victim
+    head, _ = heads.fit(trained, "train", "label", "logreg", name="h")
+    path = head.path / victim
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
@@ -82,8 +83,7 @@ def test_tampered_head_is_refused(trained, victim):
 def test_a_pickle_in_place_of_a_head_is_never_unpickled(trained, tmp_path):
     import hashlib
     import pickle
-    heads.fit(trained, "train", "label", "logreg", name="h")
-    d = trained.path / "heads" / "h"
+    d = heads.fit(trained, "train", "label", "logreg", name="h")[0].path
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -94,9 +94,11 @@ def test_a_pickle_in_place_of_a_head_is_never_unpickled(trained, tmp_path):
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir() if p.name != "manifest.json"}
     manifest = json.dumps({"files": files}, indent=2, sort_keys=True).encode()
     (d / "manifest.json").write_bytes(manifest)
+    forged = hashlib.sha256(manifest).hexdigest()
+    d.rename(head_dir(trained.path / "heads", "h", forged))
     with trained.connect() as con:
-        con.execute("UPDATE heads SET checksum = ? WHERE name = 'h'", [hashlib.sha256(manifest).hexdigest()])
-    with pytest.raises(CorruptFileError):
+        con.execute("UPDATE heads SET checksum = ? WHERE name = 'h'", [forged])
+    with pytest.raises(CorruptFileError, match="model files are unreadable"):
         heads.load(trained, "h")
     assert not marker.exists()
 

@@ -73,8 +73,8 @@ def test_search_by_text_key_and_bad_queries(filled):
 
 def _index_files(store):
     rec = store.resolve_encoder(ENC, "c")
-    path = store.index_path("c", rec)
-    return rec, path, path.with_suffix(".json")
+    side = store.index_path("c", rec)
+    return rec, side.with_name(json.loads(side.read_text())["file"]), side
 
 
 @pytest.mark.parametrize("damage", ["bitflip", "truncate", "zero", "delete", "sidecar"])

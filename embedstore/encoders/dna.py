@@ -435,12 +435,20 @@ class TiaraEncoder(_DNA, Encoder):
         if params.get("k") != str(self.K) or params.get("smooth") != "True":
             raise EncoderUnavailableError(f"encoder {self.spec!r}: {root / self.FILES[2]} says {params}; expected "
                                           "k:6 and smooth:True (tiara 1.0.2)")
-        state = torch.load(root / self.FILES[0], map_location="cpu", weights_only=True)
-        found = {k: tuple(state[k].shape) for k in self.SHAPES if k in state}
+        try:
+            state = torch.load(root / self.FILES[0], map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many types for a bad or unsafe (code-running) file
+            raise EncoderUnavailableError(f"encoder {self.spec!r}: cannot read weights {root / self.FILES[0]}: "
+                                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        found = {k: tuple(state[k].shape) for k in self.SHAPES if isinstance(state, dict) and k in state}
         if found != self.SHAPES:
             raise EncoderUnavailableError(f"encoder {self.spec!r}: {root / self.FILES[0]} holds {found}; expected "
                                           f"{self.SHAPES} (tiara 1.0.2's first-stage 6-mer network)")
-        idf = np.load(root / self.FILES[1], allow_pickle=False).astype(np.float32)
+        try:
+            idf = np.load(root / self.FILES[1], allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError) as e:  # e.g. an object array, which would need unpickling
+            raise EncoderUnavailableError(f"encoder {self.spec!r}: cannot read the idf vector {root / self.FILES[1]} "
+                                          f"({e})") from None
         w = {k: state[k].float().numpy() for k in self.SHAPES}
         return (idf, np.ascontiguousarray(w["0.weight"].T), w["0.bias"], np.ascontiguousarray(w["3.weight"].T),
                 w["3.bias"])

@@ -1,6 +1,7 @@
-"""A cosine FAISS index keyed by item id, saved atomically with a JSON sidecar (autofaiss-style).
+"""A cosine FAISS index keyed by item id, saved crash-safely with a JSON sidecar (autofaiss-style).
 
-The sidecar records the factory string, its parameters, dim, metric, count, the file's sha256, and the
+The sidecar `<fp16>.json` is the index's name: it names the data file `<fp16>.<sha16>.faiss` and records
+the factory string, its parameters, dim, metric, count, the file's sha256, and the
 database state the index reflects (`state`), which the store compares to DuckDB on open to decide between
 "up to date", "catch up" and "rebuild".
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import faiss
@@ -16,7 +18,8 @@ import numpy as np
 
 from embedstore import config
 from embedstore.errors import CorruptFileError, InputError
-from embedstore.fsutil import atomic_write, atomic_write_json, sha256_file
+from embedstore.faults import fault_point
+from embedstore.fsutil import atomic_write_json, remove_other_versions, sha256_file, write_versioned
 
 SIDECAR_VERSION = 1
 TARGET_RECALL = 0.97  # nprobe is raised until held-out recall@10 reaches this on a sample
@@ -120,35 +123,46 @@ class VectorIndex:
         self.params.update(nprobe=nprobe, tuned_recall_at_10=round(recall, 4), tuned_queries=len(sample))
 
     # -- persistence ---------------------------------------------------------------------------------------
-    def save(self, path: Path, state: dict) -> None:
-        """Index file first, then the sidecar naming its checksum: a crash between leaves a detectable mismatch."""
-        path = Path(path)
-        atomic_write(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
-        atomic_write_json(sidecar_path(path), {
+    def save(self, sidecar: Path, state: dict) -> None:
+        """Data file under a new content-derived name, then the sidecar naming it (replaced atomically), then
+        the old data file is removed: a crash at any step leaves a sidecar that names a complete file."""
+        sidecar = Path(sidecar)
+        stem = sidecar.stem
+        data, digest = write_versioned(sidecar.parent, stem, ".faiss", lambda tmp: faiss.write_index(self.index,
+                                                                                                     str(tmp)))
+        fault_point("index.save.before_sidecar")
+        atomic_write_json(sidecar, {
             "version": SIDECAR_VERSION,
+            "file": data.name,
             "factory": self.factory,
             "params": self.params,
             "dim": self.dim,
             "metric": "cosine (inner product on L2-normalised vectors)",
             "count": self.ntotal,
-            "sha256": sha256_file(path),
+            "sha256": digest,
             "state": state,
         })
+        fault_point("index.save.after_sidecar")
+        remove_other_versions(sidecar.parent, stem, ".faiss", keep=data.name)
 
     @classmethod
-    def load(cls, path: Path) -> tuple["VectorIndex", dict]:
-        """Raise CorruptFileError unless the sidecar parses and the file matches its checksum and count."""
-        path = Path(path)
-        side = sidecar_path(path)
-        if not path.exists() or not side.exists():
-            raise CorruptFileError(f"index {path} or its sidecar is missing")
+    def load(cls, sidecar: Path) -> tuple["VectorIndex", dict]:
+        """Raise CorruptFileError unless the sidecar parses, names a data file beside it, and that file matches
+        its checksum, count and dim. Nothing is read from a path the sidecar could point outside the store."""
+        sidecar = Path(sidecar)
+        if not sidecar.exists():
+            raise CorruptFileError(f"index sidecar {sidecar} is missing")
         try:
-            meta = json.loads(side.read_text())
-            expected = meta["sha256"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise CorruptFileError(f"index sidecar {side} is unreadable ({e})") from e
-        if sha256_file(path) != expected:
-            raise CorruptFileError(f"index {path} does not match the checksum in {side.name}")
+            meta = json.loads(sidecar.read_text())
+            expected, name = meta["sha256"], meta["file"]
+            if not re.fullmatch(re.escape(sidecar.stem) + r"\.[0-9a-f]{16}\.faiss", name) or \
+                    not name.startswith(f"{sidecar.stem}.{expected[:16]}"):
+                raise ValueError(f"it names {name!r}, not a data file of this index")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CorruptFileError(f"index sidecar {sidecar} is unreadable ({e})") from e
+        path = sidecar.with_name(name)
+        if not path.is_file() or sha256_file(path) != expected:
+            raise CorruptFileError(f"index file {path} is missing or does not match the checksum in {sidecar.name}")
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as e:
@@ -157,7 +171,3 @@ class VectorIndex:
             raise CorruptFileError(f"index {path} holds {index.ntotal}x{index.d}, sidecar says "
                                    f"{meta.get('count')}x{meta.get('dim')}")
         return cls(index, meta["factory"], meta["dim"], meta.get("params")), meta
-
-
-def sidecar_path(path: Path) -> Path:
-    return Path(path).with_suffix(".json")

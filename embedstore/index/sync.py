@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedstore.errors import CorruptFileError
+from embedstore.errors import CorruptFileError, disk_full_as_error
 from embedstore.index.faiss_index import VectorIndex, choose_factory
 from embedstore.store.db import first
 from embedstore.store.features import iter_vectors
@@ -123,6 +123,7 @@ def build(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord
     return index
 
 
+@disk_full_as_error()
 def open_index(store: "Store", dataset: str, record: "EncoderRecord") -> LiveIndex:
     path = store.index_path(dataset, record)
     with store.connect() as con:
@@ -130,10 +131,10 @@ def open_index(store: "Store", dataset: str, record: "EncoderRecord") -> LiveInd
         try:
             index, meta = VectorIndex.load(path)
         except CorruptFileError as e:
-            if path.exists() or path.with_suffix(".json").exists():
+            if path.exists():
                 log.warning("%s; rebuilding it from the database (%d vectors)", e, now["count"])
             live = LiveIndex(store, dataset, record, build(con, dataset, record, now["count"]),
-                             "rebuilt" if path.exists() or path.with_suffix(".json").exists() else "new")
+                             "rebuilt" if path.exists() else "new")
         else:
             saved = meta.get("state") or {}
             if saved == now:

@@ -18,12 +18,14 @@ import pyarrow as pa
 
 from embedstore import config
 from embedstore.encoders import Encoder, get_encoder
+from embedstore.errors import disk_full_as_error
+from embedstore.faults import fault_point
 from embedstore.ingest.hashing import content_hash
 from embedstore.ingest.progress import Progress
 from embedstore.ingest.sources import Record, TableOptions, open_source
 from embedstore.store.db import arrow_table
 from embedstore.store.features import vector_block
-from embedstore.store.store import check_dataset_name
+from embedstore.store.store import check_name
 
 if TYPE_CHECKING:
     from embedstore.store.store import Store
@@ -78,6 +80,7 @@ def _take(it: Iterator[Record], size: int) -> list[Record]:
     return chunk
 
 
+@disk_full_as_error()
 def ingest(store: "Store", source: Any, *, dataset: str, encoder: str | Encoder, text_column: str = "text",
            label_column: str | None = None, id_column: str | None = None, sep: str | None = None,
            quoting: str = "auto", header: bool = True, columns: list[str] | None = None,
@@ -85,7 +88,7 @@ def ingest(store: "Store", source: Any, *, dataset: str, encoder: str | Encoder,
            chunk_size: int | None = None, progress: bool = True, path_column: str | None = None) -> IngestReport:
     """Embed `source` into `dataset` with `encoder` (a spec or an Encoder); returns what happened."""
     store._require_writable()
-    check_dataset_name(dataset)
+    check_name(dataset)
     opts = TableOptions(text_column, label_column, id_column, sep, quoting, header, columns, encoding, format,
                         path_column=path_column)
     enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
@@ -281,9 +284,12 @@ def _ingest_chunk(store: "Store", enc: Encoder, record, live, dataset: str, sour
         con.execute("INSERT INTO dataset_encoders VALUES (?, ?) ON CONFLICT DO NOTHING",
                     [dataset, record.fingerprint])
         _write(con, dataset, record, new_emb, new, changed, relabelled)
+        fault_point("ingest.chunk.before_commit")
+    fault_point("ingest.chunk.after_commit")
     # committed: mirror it in the index
     live.remove(np.asarray(gone_ids, np.int64))
     ok = [r for r in new + changed if r.status == "ok"]
     if ok:
         live.add(np.asarray([r.item_id for r in ok], np.int64), np.stack([vec_of[r.content_hash] for r in ok]))
+    fault_point("ingest.chunk.after_index_add")
     bar.set_postfix(embedded=report.embedded, cached=report.cached, skipped=sum(skipped.values()))

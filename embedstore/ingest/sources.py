@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,20 +129,32 @@ def _count_lines(path: Path) -> int | None:
     return n + (last != b"\n")
 
 
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")  # the point after a \r that ends a line on its own (old Mac files)
+
+
 def _decoded_lines(path: Path, encoding: str, state: dict) -> Iterator[str]:
-    """Lines decoded one by one, so an undecodable byte is reported with its line number."""
+    """Lines decoded one by one, so an undecodable byte is reported with its line number. \n, \r\n and a lone
+    \r all end a line (mixed in one file too), each line keeping its ending for the csv module."""
+    lineno = 0
     with _open_binary(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            state["line"] = lineno
+        for raw in f:
             try:
-                line = raw.decode(encoding)
+                text = raw.decode(encoding)
             except UnicodeDecodeError as e:
-                raise InputError(f"{path}:{lineno}: cannot decode byte {raw[e.start:e.start + 1]!r} at column "
-                                 f"{e.start + 1} as {encoding}; pass --encoding (e.g. latin-1 or cp1252) "
+                before = raw[:e.start]
+                lone = len(re.findall(rb"\r(?!\n)", before))
+                col = e.start - (before.rfind(b"\r") + 1 if lone else 0)
+                raise InputError(f"{path}:{lineno + 1 + lone}: cannot decode byte {raw[e.start:e.start + 1]!r} at "
+                                 f"column {col + 1} as {encoding}; pass --encoding (e.g. latin-1 or cp1252) "
                                  "with the file's real encoding") from None
-            if lineno == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            yield line
+            if lineno == 0 and text.startswith("\ufeff"):
+                text = text[1:]
+            pieces = _LONE_CR.split(text) if "\r" in text.rstrip("\r\n") or text.endswith("\r") else [text]
+            for line in pieces:
+                if line:
+                    lineno += 1
+                    state["line"] = lineno
+                    yield line
 
 
 def _table_format(path: Path, opts: TableOptions) -> str:
@@ -153,6 +166,18 @@ def _table_format(path: Path, opts: TableOptions) -> str:
         raise InputError(f"{path}: cannot tell the format from the suffix; expected one of "
                          f"{sorted(TABLE_SUFFIXES)} (optionally .gz) or a directory; pass --format")
     return fmt
+
+
+def _checked_rows(reader, path: Path, state: dict) -> Iterator[list[str]]:
+    """The csv module's rows; its rare parse errors become an InputError naming the file and line."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise InputError(f"{path}:{state['line']}: cannot parse this CSV/TSV line ({e}); check --sep and "
+                             "--quoting") from None
 
 
 def _csv_records(path: Path, opts: TableOptions, fmt: str) -> Iterator[Record]:
@@ -172,7 +197,7 @@ def _csv_records(path: Path, opts: TableOptions, fmt: str) -> Iterator[Record]:
     else:
         header = opts.columns
     mapper = _RowMapper(path.name, opts, header)
-    for rownum, fields in enumerate(reader, 1):
+    for rownum, fields in enumerate(_checked_rows(reader, path, state), 1):
         if header is None:
             header = [str(i + 1) for i in range(len(fields))]
             mapper.check(header)
@@ -249,8 +274,13 @@ def _iterable_records(items: Iterable, name: str, opts: TableOptions) -> Iterato
     checked = False
     for rownum, item in enumerate(items, 1):
         if isinstance(item, (str, bytes)):
-            yield Record(f"{name}:{rownum}", item if isinstance(item, str) else item.decode(opts.encoding),
-                         source=name)
+            try:
+                text = item if isinstance(item, str) else item.decode(opts.encoding)
+            except UnicodeDecodeError as e:
+                raise InputError(f"{name}: item {rownum}: cannot decode byte {item[e.start:e.start + 1]!r} at "
+                                 f"offset {e.start} as {opts.encoding}; pass encoding= with its real encoding, "
+                                 "or str items") from None
+            yield Record(f"{name}:{rownum}", text, source=name)
         elif isinstance(item, dict):
             if not checked:
                 mapper.check(item.keys())

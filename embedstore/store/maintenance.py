@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from embedstore.errors import NotFoundError
+from embedstore.errors import NotFoundError, disk_full_as_error
+from embedstore.faults import fault_point
+from embedstore.fsutil import remove_other_versions
 from embedstore.store.db import first, scalar
 from embedstore.store.schema import refresh_views
+from embedstore.store.store import head_dir
 
 if TYPE_CHECKING:
     from embedstore.store.store import Store
@@ -20,7 +24,6 @@ def _dir_size(path) -> int:
 
 def info(store: "Store") -> dict:
     """Datasets (items by status, labels), encoders (vectors, dim), indexes (state) and sizes."""
-    from embedstore.index.faiss_index import sidecar_path
     from embedstore.index.sync import db_state
     out: dict = {"path": str(store.path), "datasets": [], "encoders": [], "heads": []}
     with store.connect() as con:
@@ -32,7 +35,7 @@ def info(store: "Store") -> dict:
                   "ok": counts.get("ok", 0), "skipped": counts.get("skipped", 0), "encoders": []}
             for rec in store.encoder_records(name):
                 state = db_state(con, name, rec)
-                side = sidecar_path(store.index_path(name, rec))
+                side = store.index_path(name, rec)
                 index = "missing (built on next use)"
                 if side.exists():
                     try:
@@ -61,6 +64,7 @@ def info(store: "Store") -> dict:
     return out
 
 
+@disk_full_as_error()
 def delete_dataset(store: "Store", name: str) -> dict:
     """Remove a dataset's items, encoder links and index files; vectors stay until `gc` (other datasets may
     share them)."""
@@ -72,12 +76,15 @@ def delete_dataset(store: "Store", name: str) -> dict:
         con.execute("DELETE FROM items WHERE dataset=?", [name])
         con.execute("DELETE FROM dataset_encoders WHERE dataset=?", [name])
         con.execute("DELETE FROM datasets WHERE name=?", [name])
+        fault_point("delete.before_commit")
+    fault_point("delete.after_commit")
     for key in [k for k in store._indexes if k[0] == name]:
         del store._indexes[key]
     shutil.rmtree(store.path / "indexes" / name, ignore_errors=True)
     return {"dataset": name, "items_deleted": n}
 
 
+@disk_full_as_error()
 def gc(store: "Store") -> dict:
     """Delete vectors no item references (per encoder), then compact the database file."""
     store._require_writable()
@@ -91,6 +98,42 @@ def gc(store: "Store") -> dict:
                             "(SELECT 1 FROM items i WHERE i.content_hash = e.content_hash)")
             removed[spec] = n
         refresh_views(con)
+        fault_point("gc.before_commit")
     with store.connect() as con:
         con.execute("CHECKPOINT")
-    return {"vectors_deleted": removed}
+        datasets = {r[0] for r in con.execute("SELECT name FROM datasets").fetchall()}
+        heads = dict(con.execute("SELECT name, checksum FROM heads").fetchall())
+    return {"vectors_deleted": removed, "leftover_files_removed": _remove_leftovers(store, datasets, heads)}
+
+
+def _remove_leftovers(store: "Store", datasets: set[str], heads: dict[str, str]) -> int:
+    """Files no database row or sidecar names: a deleted dataset's indexes, superseded index and head versions,
+    and temporary files of a writer that was killed (we hold the writer lock, so none is still writing)."""
+    before = _count_files(store.path / "indexes") + _count_files(store.path / "heads")
+    for d in _subdirs(store.path / "indexes"):
+        if d.name not in datasets:
+            shutil.rmtree(d, ignore_errors=True)
+            continue
+        named = set()
+        for side in d.glob("*.json"):
+            try:
+                named.add(json.loads(side.read_text())["file"])
+            except (ValueError, KeyError, TypeError):
+                pass  # an unreadable sidecar: its index is rebuilt on next use
+        for f in d.iterdir():
+            if f.suffix == ".faiss" and f.name not in named or ".tmp." in f.name:
+                f.unlink(missing_ok=True)
+    for d in _subdirs(store.path / "heads"):
+        if d.name not in heads:
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            remove_other_versions(d, "head", "", keep=head_dir(d.parent, d.name, heads[d.name]).name)
+    return before - _count_files(store.path / "indexes") - _count_files(store.path / "heads")
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return [d for d in path.iterdir() if d.is_dir()] if path.is_dir() else []
+
+
+def _count_files(path: Path) -> int:
+    return sum(1 for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0

@@ -25,12 +25,13 @@ import numpy as np
 from embedstore import config
 from embedstore.errors import (EmbedstoreError, InputError, NotFoundError, StoreLockedError,
                                StoreVersionError)
+from embedstore.faults import fault_point
 from embedstore.store.db import first, scalar
 from embedstore.store.schema import MIGRATIONS, emb_table_sql, refresh_views
 
 DB_NAME = "embedstore.duckdb"
 LOCK_NAME = "LOCK"
-DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,17 @@ class EncoderRecord:
         return self.fingerprint[:12]
 
 
-def check_dataset_name(name: str) -> str:
-    if not DATASET_NAME.match(name or ""):
-        raise InputError(f"dataset name {name!r} is not allowed: use letters, digits, '_', '-', '.' "
-                         "(it names index files), starting with a letter or digit")
+def check_name(name: str, kind: str = "dataset") -> str:
+    """Dataset and head names name directories in the store: nothing that could leave it (`..`, `/`)."""
+    if not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
+        raise InputError(f"{kind} name {name!r} is not allowed: use letters, digits, '_', '-', '.' "
+                         "(it names files in the store), starting with a letter or digit")
     return name
+
+
+def head_dir(heads_root: Path, name: str, checksum: str) -> Path:
+    """Where the version of head `name` whose manifest has sha256 `checksum` lives (see heads/persist.py)."""
+    return heads_root / name / f"head.{checksum[:16]}"
 
 
 class Store:
@@ -189,6 +196,7 @@ class Store:
             else:
                 con.execute(migration)
             con.execute("INSERT INTO _migrations (name) VALUES (?)", [name])
+            fault_point("store.migration.before_commit")
             con.execute("COMMIT")
         if missing:
             if not scalar(con, "SELECT count(*) FROM duckdb_views() WHERE view_name='embeddings'"):
@@ -197,7 +205,7 @@ class Store:
     # -- datasets and encoders -----------------------------------------------------------------------------
     def require_fresh_dataset_modality(self, name: str, modality: str) -> None:
         """A dataset holds one modality: refuse mixing before anything is read or embedded."""
-        check_dataset_name(name)
+        check_name(name)
         with self.connect() as con:
             row = first(con, "SELECT modality FROM datasets WHERE name=?", [name])
         if row is not None and row[0] != modality:
@@ -222,7 +230,7 @@ class Store:
         """Record an encoder's identity and create its embeddings table (loads the model only if new)."""
         fp = encoder.fingerprint
         table = f"emb_{fp[:16]}"
-        with self.connect() as con:
+        with self.transaction() as con:  # table, encoders row and view change together, or not at all
             row = first(con, "SELECT dim FROM encoders WHERE fingerprint=?", [fp])
             if row is None:
                 dim = encoder.dim
@@ -232,6 +240,7 @@ class Store:
                             [fp, encoder.spec, dim, encoder.modality, table, json.dumps(encoder.identity()),
                              json.dumps(encoder.versions())])
                 refresh_views(con)
+                fault_point("encoder.register.before_commit")
             else:
                 dim = row[0]  # known: the model need not be loaded when everything is cached
             con.execute("INSERT INTO encoder_specs (spec, fingerprint) VALUES (?, ?) ON CONFLICT DO UPDATE "
@@ -314,7 +323,8 @@ class Store:
         return self._indexes[k]
 
     def index_path(self, dataset: str, record: EncoderRecord) -> Path:
-        return self.path / "indexes" / dataset / f"{record.fingerprint[:16]}.faiss"
+        """The index's sidecar, which names its current data file (see VectorIndex.save)."""
+        return self.path / "indexes" / dataset / f"{record.fingerprint[:16]}.json"
 
     def info(self) -> dict:
         from embedstore.store.maintenance import info
