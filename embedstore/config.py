@@ -29,7 +29,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("exact_index_max", "EMBEDSTORE_EXACT_INDEX_MAX", "200000",
                 "a dataset with more vectors than this gets an IVF index instead of exact search"),
         Setting("checkpoint_items", "EMBEDSTORE_CHECKPOINT_ITEMS", "50000",
-                "during ingest, the FAISS index is persisted after this many new items"),
+                "during ingest, the FAISS index is persisted after this many new items (or a quarter of its size, if more)"),
         Setting("lock_wait", "EMBEDSTORE_LOCK_WAIT", "30",
                 "seconds a reader waits for the database while an ingest writes a batch"),
         Setting("duckdb_memory", "EMBEDSTORE_DUCKDB_MEMORY", "256MB",

@@ -33,15 +33,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` then move tmp over `path`, so a crash leaves either the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+def _place(tmp: Path, write: Callable[[Path], None], name_for: Callable[[Path], Path]) -> Path:
+    """`write(tmp)`, fsync it, rename it to `name_for(tmp)`, fsync the directory: no partial file ever has
+    the final name."""
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        path = name_for(tmp)
         fault_point("file.before_replace")
         os.replace(tmp, path)
     finally:
@@ -49,26 +48,26 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             tmp.unlink()
     fault_point("file.after_replace")
     fsync_dir(path.parent)
+    return path
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` then move tmp over `path`, so a crash leaves either the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _place(path.with_name(f".{path.name}.tmp.{os.getpid()}"), write, lambda tmp: path)
 
 
 def write_versioned(directory: Path, stem: str, suffix: str, write: Callable[[Path], None]) -> tuple[Path, str]:
     """Call `write(tmp)`, fsync it, and rename it to `<stem>.<sha256[:16]><suffix>`; returns (path, sha256)."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{stem}.tmp.{os.getpid()}{suffix}"
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+    digest = ""
+
+    def name_for(tmp: Path) -> Path:
+        nonlocal digest
         digest = sha256_file(tmp)
-        path = directory / f"{stem}.{digest[:16]}{suffix}"
-        fault_point("file.before_replace")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fault_point("file.after_replace")
-    fsync_dir(directory)
-    return path, digest
+        return directory / f"{stem}.{digest[:16]}{suffix}"
+    return _place(directory / f".{stem}.tmp.{os.getpid()}{suffix}", write, name_for), digest
 
 
 def remove_other_versions(directory: Path, stem: str, suffix: str, keep: str | None) -> None:

@@ -131,13 +131,14 @@ def search(store: "Store", dataset: str, query: Any = None, k: int = 10, *, key:
            vector: Any = None, where: str | dict | None = None, encoder: str = "") -> list[Hit]:
     if k < 1:
         raise InputError(f"k must be >= 1, got {k}")
-    store.require_dataset(dataset)
-    record = store.resolve_encoder(encoder, dataset)
-    q, self_id = _query_vector(store, dataset, record, query, key, vector)
+    with store.connect():  # one open for the lookups (a read-only store closes the file after each use)
+        store.require_dataset(dataset)
+        record = store.resolve_encoder(encoder, dataset)
+    q, self_id = _query_vector(store, dataset, record, query, key, vector)  # may run the encoder: file closed
     want = k + (self_id is not None)
     clause, params = where_sql(where)
-    if clause:
-        with store.connect() as con:
+    with store.connect() as con:  # and one for the search and its hits
+        if clause:
             allowed = np.asarray([r[0] for r in con.execute(
                 f"SELECT i.item_id FROM items i WHERE i.dataset = ? AND i.status = 'ok'{clause}",
                 [dataset, *params]).fetchall()], dtype=np.int64)
@@ -145,10 +146,10 @@ def search(store: "Store", dataset: str, query: Any = None, k: int = 10, *, key:
                 scores, ids = _exact(con, dataset, record, q, want, clause, params)
             else:
                 scores, ids = store.index(dataset, record).index.search(q, want, allowed=allowed)
-    else:
-        scores, ids = store.index(dataset, record).index.search(q, want)
-    pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and i != self_id][:k]
-    return _hits(store, pairs)
+        else:
+            scores, ids = store.index(dataset, record).index.search(q, want)
+        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and i != self_id][:k]
+        return _hits(store, pairs)
 
 
 def _exact(con, dataset: str, record: "EncoderRecord", q: np.ndarray, k: int, clause: str, params: list):

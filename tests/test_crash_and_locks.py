@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -90,7 +91,6 @@ def test_sigkill_mid_ingest_then_rerun_loses_and_duplicates_nothing(tmp_path):
     assert seen == sorted(seen), "a rerun lost committed items"
     out = cli("embedstore", "ingest", str(src), "--dataset", "d", "--encoder", ENC, "--label-column", "label",
               "--quiet", "--json", store=store)
-    import json
     report = json.loads(out.stdout)
     assert report["new_items"] == total - seen[-1] and report["embedded"] <= total - seen[-1]
     check_consistent(store, total)
@@ -127,3 +127,49 @@ def test_writer_lock_in_process(tmp_path):
         embedstore.open(tmp_path / "s")
     s.close()
     embedstore.open(tmp_path / "s").close()  # released on close
+
+
+def test_many_read_only_openers_at_once(tmp_path):
+    """With no writer active, any number of processes may query the same store at the same time."""
+    store = tmp_path / "store"
+    cli("embedstore", "ingest", str(make_rows(tmp_path / "rows.tsv", 2_000)), "--dataset", "d", "--encoder", ENC,
+        "--label-column", "label", "--quiet", store=store)
+    readers = [subprocess.Popen([sys.executable, "-c",
+                                 "import sys, time, embedstore\n"
+                                 f"s = embedstore.open({str(store)!r}, read_only=True)\n"
+                                 "with s.connect() as con:\n"  # hold the database open while the others open it
+                                 "    n = con.execute('SELECT count(*) FROM items').fetchall()[0][0]\n"
+                                 "    time.sleep(1.0)\n"
+                                 "hits = s.search('d', 'alpha beta', k=3)\n"
+                                 "print(n, len(hits))"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(6)]
+    outs = [r.communicate(timeout=120) for r in readers]
+    assert [r.returncode for r in readers] == [0] * 6, outs
+    assert {o.strip() for o, _ in outs} == {"2000 3"}
+
+
+
+def test_a_query_is_let_in_between_batches_of_a_fast_ingest(tmp_path):
+    """A fast (all-cached) ingest holds the database almost all the time; a waiting reader announces itself and
+    the ingest closes the file for it before its next batch (Store.yield_to_readers)."""
+    src = make_rows(tmp_path / "rows.tsv", 200_000)
+    store = tmp_path / "store"
+    cli("embedstore", "ingest", str(src), "--dataset", "d", "--encoder", ENC, "--label-column", "label", "--quiet",
+        store=store)
+    proc = subprocess.Popen([sys.executable, "-m", "cli.embedstore_cmd", "ingest", str(src), "--dataset", "e",
+                             "--encoder", ENC, "--label-column", "label", "--quiet", "--chunk-size", "2000",
+                             "--store", str(store)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # every vector is cached: batches run back to back
+    try:
+        wait_for_items(store, proc, 4_000)
+        answered = []
+        for _ in range(3):
+            q = cli("embedstore", "sql", "SELECT count(*) AS n FROM items WHERE dataset = 'e'", "--format", "json",
+                    store=store, env={"EMBEDSTORE_LOCK_WAIT": "60"})
+            answered.append(json.loads(q.stdout)[0]["n"])
+        assert proc.poll() is None, "the ingest ended before the queries; the test proves nothing"
+        assert 0 < answered[0] <= answered[-1] < 200_000
+    finally:
+        proc.kill()
+        proc.wait()

@@ -47,6 +47,12 @@ class LiveIndex:
         self.origin = origin          # "loaded" | "caught-up" | "rebuilt" | "new"
         self.dirty = origin != "loaded"
         self.unsaved = 0
+        self.expected = 0  # rows an ingest announced: a rebuilt index reserves room for them too
+
+    def reserve(self, total: int) -> None:
+        """Room for `total` vectors, now and in any index a checkpoint rebuilds (no reallocation peaks)."""
+        self.expected = total
+        self.index.reserve(total)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.index.add(ids, vectors)
@@ -68,7 +74,7 @@ class LiveIndex:
                     log.warning("index %s/%s holds %d vectors but the database %d; rebuilding",
                                 self.dataset, self.record.short, self.index.ntotal, state["count"])
                 self.index = None  # free the old index before its replacement is built from the database
-                self.index = build(con, self.dataset, self.record, state["count"])
+                self.index = build(con, self.dataset, self.record, state["count"], reserve=self.expected)
         self.index.save(self.store.index_path(self.dataset, self.record), state)
         self.dirty, self.unsaved = False, 0
 
@@ -92,7 +98,8 @@ def _hash_sample(con: "duckdb.DuckDBPyConnection", dataset: str, record: "Encode
     return ids[order], np.concatenate([p[1] for p in parts])[order]
 
 
-def build(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord", n: int) -> VectorIndex:
+def build(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord", n: int,
+          reserve: int = 0) -> VectorIndex:
     """A fresh index over everything DuckDB holds for (dataset, encoder).
 
     IVF is first trained and tuned on a sample alone: data without cluster structure (e.g. uniform random),
@@ -114,7 +121,7 @@ def build(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord
         else:
             index.remove(ids)
             index.params["trained_on"] = n
-    index.reserve(n)
+    index.reserve(max(n, reserve))
     for ids, x in iter_vectors(con, dataset, record):
         index.add(ids, x)
     if index.factory.startswith("IVF") and n:

@@ -98,7 +98,7 @@ def ingest(store: "Store", source: Any, *, dataset: str, encoder: str | Encoder,
     record = store.register_encoder(enc)
     live = store.index(dataset, record)
     if src.total:
-        live.index.reserve(live.index.ntotal + src.total)
+        live.reserve(live.index.ntotal + src.total)
     report = IngestReport(dataset, enc.spec, record.fingerprint)
     skipped: Counter = Counter()
     every = int(config.setting("checkpoint_items"))
@@ -108,11 +108,13 @@ def ingest(store: "Store", source: Any, *, dataset: str, encoder: str | Encoder,
         while chunk := _take(it, size):
             t0 = time.perf_counter()
             _ingest_chunk(store, enc, record, live, dataset, src.name, chunk, report, skipped, bar)
-            if live.unsaved >= every:
+            if live.unsaved >= max(every, live.index.ntotal // 4):  # geometric: total writes stay O(n)
                 live.persist()
+            store.yield_to_readers()
             if not chunk_size and time.perf_counter() - t0 < CHUNK_SECONDS:
                 size = min(size * 2, CHUNK_MAX)  # fast encoder or cached rows: fewer, larger transactions
     live.persist()
+    store.forget_indexes(keep=live)  # others may hold re-keyed items or lack vectors shared with this dataset
     store.release()
     report.skipped = dict(skipped)
     report.notes = list(src.notes)
@@ -189,8 +191,10 @@ class _Row:
 
 def _plan(recs: list[Record], hashes: list, reasons: list, existing: dict, vec_of: dict, trunc_of: dict,
           fresh: set, report: IngestReport, skipped: Counter):
-    """Sort the chunk's records into new rows, changed rows (new item id) and rows whose label/meta changed."""
-    new, changed, relabelled, gone_ids = [], [], [], []
+    """Sort the chunk's records into new rows, changed rows (new item id), rows whose label/meta changed, and
+    unchanged rows whose vector this encoder made just now (an item first ingested with another encoder): those
+    join this encoder's index without a database write."""
+    new, changed, relabelled, gone_ids, revectored = [], [], [], [], []
     for r, h, why in zip(recs, hashes, reasons):
         if not why and vec_of.get(h) is None:
             why = "the encoder produced non-finite values (NaN/inf)"
@@ -211,13 +215,15 @@ def _plan(recs: list[Record], hashes: list, reasons: list, existing: dict, vec_o
                 gone_ids.append(old[0])
         else:
             row.item_id = old[0]  # same content: the item keeps its id (and its place in the index)
+            if row.status == "ok" and h in fresh:
+                revectored.append(row)
             if (old[3], old[4], json.loads(old[5]) if old[5] else None) != \
                     (r.label, r.source, json.loads(meta) if meta else None):
                 relabelled.append(row)
     report.new_items += len(new)
     report.updated_items += len(changed)
     report.unchanged_items += len(recs) - len(new) - len(changed)
-    return new, changed, relabelled, gone_ids
+    return new, changed, relabelled, gone_ids, revectored
 
 
 def _write(con, dataset: str, record, new_emb: pa.Table | None, new: list[_Row], changed: list[_Row],
@@ -277,7 +283,7 @@ def _ingest_chunk(store: "Store", enc: Encoder, record, live, dataset: str, sour
         if failed:  # an image decoder learns why a file cannot be embedded only when it decodes it: ask again
             reasons = [why or (enc.skip_reason(r.content) if h in failed else None)
                        for r, h, why in zip(recs, hashes, reasons)]
-    new, changed, relabelled, gone_ids = _plan(recs, hashes, reasons, existing, vec_of, trunc_of, set(todo),
+    new, changed, relabelled, gone_ids, revectored = _plan(recs, hashes, reasons, existing, vec_of, trunc_of, set(todo),
                                                report, skipped)
     with store.transaction() as con:
         store.ensure_dataset(dataset, enc.modality, source)
@@ -288,7 +294,7 @@ def _ingest_chunk(store: "Store", enc: Encoder, record, live, dataset: str, sour
     fault_point("ingest.chunk.after_commit")
     # committed: mirror it in the index
     live.remove(np.asarray(gone_ids, np.int64))
-    ok = [r for r in new + changed if r.status == "ok"]
+    ok = [r for r in new + changed if r.status == "ok"] + revectored
     if ok:
         live.add(np.asarray([r.item_id for r in ok], np.int64), np.stack([vec_of[r.content_hash] for r in ok]))
     fault_point("ingest.chunk.after_index_add")

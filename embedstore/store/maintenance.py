@@ -78,8 +78,7 @@ def delete_dataset(store: "Store", name: str) -> dict:
         con.execute("DELETE FROM datasets WHERE name=?", [name])
         fault_point("delete.before_commit")
     fault_point("delete.after_commit")
-    for key in [k for k in store._indexes if k[0] == name]:
-        del store._indexes[key]
+    store.forget_indexes(name)
     shutil.rmtree(store.path / "indexes" / name, ignore_errors=True)
     return {"dataset": name, "items_deleted": n}
 

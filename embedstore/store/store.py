@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import sys
@@ -31,6 +32,8 @@ from embedstore.store.schema import MIGRATIONS, emb_table_sql, refresh_views
 
 DB_NAME = "embedstore.duckdb"
 LOCK_NAME = "LOCK"
+WAITING_NAME = "READERS"  # readers waiting for the database hold a shared flock on it (see yield_to_readers)
+log = logging.getLogger("embedstore")
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
@@ -55,6 +58,17 @@ def check_name(name: str, kind: str = "dataset") -> str:
         raise InputError(f"{kind} name {name!r} is not allowed: use letters, digits, '_', '-', '.' "
                          "(it names files in the store), starting with a letter or digit")
     return name
+
+
+def _announce_waiting(path: Path) -> int | None:
+    """A reader's shared flock on <store>/READERS, held while it waits; None where the file cannot be opened
+    (a store last written by an older embedstore, or a read-only directory): the reader then only polls."""
+    try:
+        fd = os.open(path / WAITING_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
 
 
 def head_dir(heads_root: Path, name: str, checksum: str) -> Path:
@@ -97,26 +111,60 @@ class Store:
                 f"store {self.path} is locked by {holder}; only one writer at a time. Wait for it to finish; "
                 "meanwhile read-only commands (search, sql, info, heads eval/list) work between its batches"
             ) from None
+        os.close(os.open(self.path / WAITING_NAME, os.O_RDWR | os.O_CREAT, 0o644))
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()} ({' '.join(os.path.basename(a) for a in sys.argv[:3])})".encode(), 0)
         self._lock_fd = fd
 
     def _open_duckdb(self) -> duckdb.DuckDBPyConnection:
-        deadline = time.monotonic() + float(config.setting("lock_wait"))
-        while True:
-            try:
-                return duckdb.connect(str(self.db_path), read_only=self.read_only,
-                                      config={"memory_limit": config.setting("duckdb_memory")})
-            except duckdb.IOException as e:
-                if "lock" not in str(e).lower() or time.monotonic() > deadline:
-                    raise EmbedstoreError(f"cannot open {self.db_path}: {e}") from e
-                time.sleep(0.05)
-            except duckdb.Error as e:
-                if "version" in str(e).lower():
-                    raise StoreVersionError(f"{self.db_path} was written by a newer DuckDB storage version "
-                                            f"than this one ({duckdb.__version__}): {e}. Upgrade embedstore "
-                                            "and duckdb") from e
-                raise
+        """Readers wait up to lock_wait seconds while a writer holds the file (announcing themselves, so that an
+        ingest lets them in between batches); the writer waits as long as readers take."""
+        wait = float(config.setting("lock_wait"))
+        deadline, waiting_fd = time.monotonic() + wait, None
+        try:
+            while True:
+                try:
+                    return duckdb.connect(str(self.db_path), read_only=self.read_only,
+                                          config={"memory_limit": config.setting("duckdb_memory")})
+                except duckdb.Error as e:
+                    msg = str(e).lower()
+                    if "storage version" in msg or "newer version" in msg:
+                        raise StoreVersionError(f"{self.db_path} was written by a newer DuckDB storage version "
+                                                f"than this one ({duckdb.__version__}) can read: "
+                                                f"{str(e).splitlines()[0]} Upgrade duckdb (and embedstore) to "
+                                                "open it") from e
+                    if not (isinstance(e, duckdb.IOException) and "lock" in msg):
+                        raise EmbedstoreError(f"cannot open {self.db_path}: {e}") from e
+                    if self.read_only and waiting_fd is None:
+                        waiting_fd = _announce_waiting(self.path)
+                    if time.monotonic() > deadline:
+                        if self.read_only:
+                            raise EmbedstoreError(f"cannot open {self.db_path}: a writer held it for {wait:g} s "
+                                                  f"(EMBEDSTORE_LOCK_WAIT). {e}") from e
+                        log.warning("waiting for readers to close %s", self.db_path)
+                        deadline = float("inf")
+                    time.sleep(0.02)
+        finally:
+            if waiting_fd is not None:
+                os.close(waiting_fd)  # releases the shared flock
+
+    def yield_to_readers(self, max_wait: float = 5.0) -> None:
+        """Between batches of a write: if readers are waiting for the database, close it until they have opened
+        it (at most `max_wait` seconds), so queries during a long ingest are answered within a batch."""
+        fd = os.open(self.path / WAITING_NAME, os.O_RDWR)
+        try:
+            deadline = time.monotonic() + max_wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return  # nobody waiting (any more)
+                except BlockingIOError:
+                    self.release()
+                    if time.monotonic() > deadline:
+                        return
+                    time.sleep(0.02)
+        finally:
+            os.close(fd)
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -321,6 +369,13 @@ class Store:
         if k not in self._indexes:
             self._indexes[k] = open_index(self, dataset, record)
         return self._indexes[k]
+
+    def forget_indexes(self, dataset: str | None = None, keep: Any = None) -> None:
+        """Drop cached in-memory indexes (of `dataset`, or all) but `keep`, after a write they do not mirror: an
+        item re-keyed through one encoder, or a vector shared across datasets. The next use reopens them, which
+        checks them against the database (load, catch up or rebuild)."""
+        for k in [k for k, live in self._indexes.items() if (dataset is None or k[0] == dataset) and live is not keep]:
+            del self._indexes[k]
 
     def index_path(self, dataset: str, record: EncoderRecord) -> Path:
         """The index's sidecar, which names its current data file (see VectorIndex.save)."""
