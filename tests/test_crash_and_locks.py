@@ -82,7 +82,7 @@ def test_sigkill_mid_ingest_then_rerun_loses_and_duplicates_nothing(tmp_path):
     seen = []
     for target in (4_000, 20_000, 40_000):  # kill three times at different points, resuming each time
         proc = start_ingest(src, store)
-        n = wait_for_items(store, proc, target)
+        wait_for_items(store, proc, target)
         assert proc.poll() is None, f"ingest finished before it could be killed: {proc.communicate()}"
         proc.send_signal(signal.SIGKILL)
         proc.wait()

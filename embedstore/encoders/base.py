@@ -19,6 +19,8 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 
+from embedstore.errors import InputError
+
 
 @dataclass
 class Embedded:
@@ -27,6 +29,24 @@ class Embedded:
     vectors: np.ndarray                  # float32 [n, dim]
     n_tokens: np.ndarray | None = None   # int [n] input length in model units before truncation
     truncated: np.ndarray | None = None  # bool [n]
+
+
+DTYPES = ("auto", "float32", "bfloat16")  # the `dtype` option of the neural encoders
+
+
+def check_options(spec: str, scheme: str, options: dict[str, str], allowed: set[str]) -> None:
+    """Refuse spec options an encoder does not take, naming those it does."""
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise InputError(f"encoder {spec!r}: unknown option(s) {sorted(unknown)}; {scheme}: takes {sorted(allowed)}")
+
+
+def choice(spec: str, options: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """The option's value (default: the first choice), checked against the choices."""
+    value = options.get(name, choices[0])
+    if value not in choices:
+        raise InputError(f"encoder {spec!r}: {name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 class Encoder(ABC):

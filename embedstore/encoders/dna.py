@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from embedstore.encoders.base import Embedded, Encoder, hash_files
+from embedstore.encoders.base import Embedded, Encoder, check_options, choice, hash_files
 from embedstore.encoders.text import TransformerTextEncoder, _read_json
 from embedstore.errors import EncoderUnavailableError, InputError
 
@@ -44,20 +44,6 @@ _COMPLEMENT = str.maketrans("ACGTUNRYSWKMBDHV", "TGCAANYRSWMKVHDB")
 
 
 # -- options -----------------------------------------------------------------------------------------------------
-def _check_options(spec: str, scheme: str, options: dict[str, str], allowed: set[str]) -> None:
-    unknown = set(options) - allowed
-    if unknown:
-        raise InputError(f"encoder {spec!r}: unknown option(s) {sorted(unknown)}; {scheme}: takes {sorted(allowed)}")
-
-
-def _choice(spec: str, options: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
-    """The option's value (default: the first choice), checked against the choices."""
-    value = options.get(name, choices[0])
-    if value not in choices:
-        raise InputError(f"encoder {spec!r}: {name} must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
-
 def _int(spec: str, options: dict[str, str], name: str, default: int | None, low: int = 1) -> int | None:
     if name not in options:
         return default
@@ -71,7 +57,7 @@ def _int(spec: str, options: dict[str, str], name: str, default: int | None, low
 
 
 def _flag(spec: str, options: dict[str, str], name: str) -> bool:
-    return _choice(spec, {k: v.lower() for k, v in options.items()}, name, ("false", "true")) == "true"
+    return choice(spec, {k: v.lower() for k, v in options.items()}, name, ("false", "true")) == "true"
 
 
 # -- alphabet ----------------------------------------------------------------------------------------------------
@@ -86,8 +72,8 @@ class Alphabet:
 
     @classmethod
     def from_options(cls, spec: str, options: dict[str, str]) -> "Alphabet":
-        return cls(_choice(spec, options, "softmask", ("upper", "mask")),
-                   _choice(spec, options, "ambiguous", ("mask", "keep", "reject")))
+        return cls(choice(spec, options, "softmask", ("upper", "mask")),
+                   choice(spec, options, "ambiguous", ("mask", "keep", "reject")))
 
     def identity(self) -> dict:
         return {"softmask": self.softmask, "ambiguous": self.ambiguous, "u_as_t": True}
@@ -234,7 +220,7 @@ class Windows:
         if stride > window:
             raise InputError(f"encoder {spec!r}: stride ({stride}) must not exceed window ({window}), or bases "
                              "between windows would never be seen")
-        return cls(window, stride, _choice(spec, options, "window_pooling", ("length", "mean")),
+        return cls(window, stride, choice(spec, options, "window_pooling", ("length", "mean")),
                    _int(spec, options, "max_windows", max_windows))
 
     @staticmethod
@@ -243,7 +229,7 @@ class Windows:
         """The fingerprint's view, computable without loading a model (defaults may be descriptions)."""
         return {"window": _int(spec, options, "window", default_window),
                 "stride": _int(spec, options, "stride", default_stride),
-                "window_pooling": _choice(spec, options, "window_pooling", ("length", "mean")),
+                "window_pooling": choice(spec, options, "window_pooling", ("length", "mean")),
                 "max_windows": _int(spec, options, "max_windows", max_windows)}
 
     def spans(self, n: int) -> tuple[list[tuple[int, int]], bool]:
@@ -300,7 +286,7 @@ class KmerEncoder(_DNA, Encoder):
 
     def __init__(self, spec: str, name: str, options: dict[str, str]):
         super().__init__(spec, name, options)
-        _check_options(spec, self.scheme, options, {"norm", "canonical", "idf"} | Alphabet.OPTIONS)
+        check_options(spec, self.scheme, options, {"norm", "canonical", "idf"} | Alphabet.OPTIONS)
         try:
             self.k = int(name)
         except ValueError:
@@ -311,7 +297,7 @@ class KmerEncoder(_DNA, Encoder):
         self.alphabet = Alphabet.from_options(spec, options)
         self.canonical = _flag(spec, options, "canonical")
         self.idf_source = options.get("idf") or None
-        self.norm = _choice(spec, options, "norm", ("l2", "l1", "none") if self.idf_source else ("l1", "l2", "none"))
+        self.norm = choice(spec, options, "norm", ("l2", "l1", "none") if self.idf_source else ("l1", "l2", "none"))
 
     @cached_property
     def idf(self) -> np.ndarray | None:
@@ -395,7 +381,7 @@ class TiaraEncoder(_DNA, Encoder):
 
     def __init__(self, spec: str, name: str, options: dict[str, str]):
         super().__init__(spec, name, options)
-        _check_options(spec, self.scheme, options, set(Alphabet.OPTIONS | Windows.OPTIONS))
+        check_options(spec, self.scheme, options, set(Alphabet.OPTIONS | Windows.OPTIONS))
         self.alphabet = Alphabet.from_options(spec, options)
         self.windows = Windows.from_options(spec, options, 5000, 5000, 10_000)
 
@@ -514,7 +500,7 @@ class HFDNAEncoder(_DNA, TransformerTextEncoder):
     def __init__(self, spec: str, name: str, options: dict[str, str], revision: str | None = None):
         super().__init__(spec, name, options, revision)
         self.alphabet = Alphabet.from_options(spec, options)
-        self.pooling = _choice(spec, options, "pooling", ("mean", "cls"))
+        self.pooling = choice(spec, options, "pooling", ("mean", "cls"))
         self.rc = _flag(spec, options, "rc")
         Windows.identity_of(spec, options, 0, 0, self.MAX_WINDOWS)  # checks the window options now
 

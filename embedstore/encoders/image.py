@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.encoders.base import Embedded, Encoder, hash_files
+from embedstore.encoders.base import DTYPES, Embedded, Encoder, check_options, choice, hash_files
 from embedstore.errors import EncoderUnavailableError, InputError
 from embedstore.fsutil import sha256_file
 from embedstore.ingest.hashing import content_hash
@@ -109,10 +109,7 @@ class ImageEncoder(Encoder):
 
     def __init__(self, spec: str, name: str, options: dict[str, str], revision: str | None = None):
         super().__init__(spec, name, options)
-        unknown = set(options) - self._OPTIONS
-        if unknown:
-            raise InputError(f"encoder {spec!r}: unknown option(s) {sorted(unknown)}; "
-                             f"{self.scheme}: takes {sorted(self._OPTIONS)}")
+        check_options(spec, self.scheme, options, self._OPTIONS)
         self.revision = revision
         try:
             self._batch_size = int(options["batch_size"]) if "batch_size" in options else None
@@ -120,9 +117,7 @@ class ImageEncoder(Encoder):
             self.max_pixels = int(options.get("max_pixels", DEFAULT_MAX_PIXELS))
         except ValueError as e:
             raise InputError(f"encoder {spec!r}: batch_size, workers and max_pixels are integers ({e})") from None
-        self._want_dtype = options.get("dtype", "auto")
-        if self._want_dtype not in ("auto", "float32", "bfloat16"):
-            raise InputError(f"encoder {spec!r}: dtype must be auto, float32 or bfloat16, not {self._want_dtype!r}")
+        self._want_dtype = choice(spec, options, "dtype", DTYPES)
         self._draft = _flag(spec, options, "draft", "true")
         self._gpu_decode = options.get("gpu_decode", "auto").lower()
         if self._gpu_decode not in ("auto", "true", "false"):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.encoders.base import Embedded, Encoder, hash_files
+from embedstore.encoders.base import Embedded, Encoder, check_options, hash_files
 from embedstore.errors import EncoderUnavailableError, InputError
 from embedstore.fsutil import sha256_file
 
@@ -27,9 +27,7 @@ class ONNXTextEncoder(Encoder):
 
     def __init__(self, spec: str, name: str, options: dict[str, str]):
         super().__init__(spec, name, options)
-        unknown = set(options) - _OPTIONS
-        if unknown:
-            raise InputError(f"encoder {spec!r}: unknown option(s) {sorted(unknown)}; onnx: takes {sorted(_OPTIONS)}")
+        check_options(spec, self.scheme, options, _OPTIONS)
         self.path = Path(name).expanduser()
         if not self.path.is_file():
             raise EncoderUnavailableError(f"encoder {spec!r}: no ONNX file at {self.path}")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from embedstore import config
-from embedstore.encoders.base import Embedded, Encoder, hash_files
+from embedstore.encoders.base import DTYPES, Embedded, Encoder, check_options, choice, hash_files
 from embedstore.errors import EncoderUnavailableError, InputError
 
 # Files a torch load never reads: left out of the weights hash so that they cannot change the fingerprint.
@@ -81,15 +81,10 @@ class TransformerTextEncoder(Encoder):
 
     def __init__(self, spec: str, name: str, options: dict[str, str], revision: str | None = None):
         super().__init__(spec, name, options)
-        unknown = set(options) - self._OPTIONS
-        if unknown:
-            raise InputError(f"encoder {spec!r}: unknown option(s) {sorted(unknown)}; "
-                             f"{self.scheme}: takes {sorted(self._OPTIONS)}")
+        check_options(spec, self.scheme, options, self._OPTIONS)
         self.revision = revision
         self.batch_size = int(options.get("batch_size", 32))
-        self._want_dtype = options.get("dtype", "auto")
-        if self._want_dtype not in ("auto", "float32", "bfloat16"):
-            raise InputError(f"encoder {spec!r}: dtype must be auto, float32 or bfloat16, not {self._want_dtype!r}")
+        self._want_dtype = choice(spec, options, "dtype", DTYPES)
 
     @cached_property
     def model_dir(self) -> Path:
