@@ -156,6 +156,13 @@ def test_head_names_cannot_leave_the_store_at_fit(head, name, tmp_path):
     assert files() == before  # nothing written anywhere
 
 
+def test_names_with_dots_dashes_and_plus_are_fine(head):
+    store, _ = head
+    fitted, _ = heads.fit(store, "train", "label", "logreg", name="sst2-logreg-minilm+paraphrase-l3.v2")
+    assert fitted.path.parent == store.path / "heads" / "sst2-logreg-minilm+paraphrase-l3.v2"
+    assert heads.load(store, "sst2-logreg-minilm+paraphrase-l3.v2").name == fitted.name
+
+
 @pytest.mark.parametrize("name", ["../x", "/abs"])
 def test_head_names_cannot_leave_the_store_at_load(head, name, tmp_path):
     """Even with a database row naming it and a valid head copied to where the name points (as a writer of the

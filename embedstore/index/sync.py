@@ -121,6 +121,7 @@ def build(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord
         else:
             index.remove(ids)
             index.params["trained_on"] = n
+        del ids, x, held  # the training sample scales with nlist: free it before the full index is allocated
     index.reserve(max(n, reserve))
     for ids, x in iter_vectors(con, dataset, record):
         index.add(ids, x)

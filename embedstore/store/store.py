@@ -34,7 +34,7 @@ DB_NAME = "embedstore.duckdb"
 LOCK_NAME = "LOCK"
 WAITING_NAME = "READERS"  # readers waiting for the database hold a shared flock on it (see yield_to_readers)
 log = logging.getLogger("embedstore")
-DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class EncoderRecord:
 def check_name(name: str, kind: str = "dataset") -> str:
     """Dataset and head names name directories in the store: nothing that could leave it (`..`, `/`)."""
     if not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
-        raise InputError(f"{kind} name {name!r} is not allowed: use letters, digits, '_', '-', '.' "
+        raise InputError(f"{kind} name {name!r} is not allowed: use letters, digits, '_', '-', '.', '+' "
                          "(it names files in the store), starting with a letter or digit")
     return name
 
