@@ -64,7 +64,7 @@ def disk_full_as_error() -> Iterator[None]:
         raise
     except Exception as e:
         if getattr(e, "errno", None) in _FULL_ERRNOS or any(w in str(e).lower() for w in _FULL_WORDS):
-            raise DiskFullError(f"out of disk space ({str(e).strip().splitlines()[0]}). Every "
-                                "batch committed before this one is kept; free space (or raise the file-size "
-                                "limit) and rerun the same command: it resumes where it stopped") from e
+            raise DiskFullError(f"out of disk space ({str(e).strip().splitlines()[0]}). Nothing committed "
+                                "before it is lost; free space (or raise the file-size limit) and rerun the same "
+                                "command (an ingest resumes where it stopped)") from e
         raise

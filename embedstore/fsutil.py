@@ -33,6 +33,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dir(path: Path) -> None:
+    """mkdir -p, fsyncing each parent of a directory it creates, so a committed pointer never names a directory
+    that a power cut forgets."""
+    path = Path(path)
+    if path.is_dir():
+        return
+    make_dir(path.parent)
+    path.mkdir(exist_ok=True)
+    fsync_dir(path.parent)
+
+
 def _place(tmp: Path, write: Callable[[Path], None], name_for: Callable[[Path], Path]) -> Path:
     """`write(tmp)`, fsync it, rename it to `name_for(tmp)`, fsync the directory: no partial file ever has
     the final name."""
@@ -54,13 +65,13 @@ def _place(tmp: Path, write: Callable[[Path], None], name_for: Callable[[Path], 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` then move tmp over `path`, so a crash leaves either the old or the new file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     _place(path.with_name(f".{path.name}.tmp.{os.getpid()}"), write, lambda tmp: path)
 
 
 def write_versioned(directory: Path, stem: str, suffix: str, write: Callable[[Path], None]) -> tuple[Path, str]:
     """Call `write(tmp)`, fsync it, and rename it to `<stem>.<sha256[:16]><suffix>`; returns (path, sha256)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dir(directory)
     digest = ""
 
     def name_for(tmp: Path) -> Path:

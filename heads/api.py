@@ -290,13 +290,14 @@ def _dims(store: "Store", fs: FeatureSet) -> list[int]:
 def load(store: "Store", name: str) -> Head:
     """A saved head, after its files match the checksums the store holds for them."""
     check_name(name, "head")
-    with store.connect() as con:
+    with store.connect() as con:  # held while the files are read: no writer can replace this version meanwhile
         row = first(con, "SELECT checksum FROM heads WHERE name = ?", [name])
-        names = [r[0] for r in con.execute("SELECT name FROM heads ORDER BY name").fetchall()] if row is None else []
-    if row is None:
-        raise NotFoundError(f"no head {name!r} in {store.path}; heads: {names or 'none (fit one with heads fit)'}")
-    path = head_dir(store.path / "heads", name, row[0])
-    meta, model, hashes = read_head_dir(path, row[0], name)
+        if row is None:
+            names = [r[0] for r in con.execute("SELECT name FROM heads ORDER BY name").fetchall()]
+            raise NotFoundError(f"no head {name!r} in {store.path}; heads: "
+                                f"{names or 'none (fit one with heads fit)'}")
+        path = head_dir(store.path / "heads", name, row[0])
+        meta, model, hashes = read_head_dir(path, row[0], name)
     return Head(name, meta, model, hashes, store, path)
 
 

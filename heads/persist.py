@@ -30,7 +30,7 @@ import numpy as np
 
 from embedstore.errors import CorruptFileError
 from embedstore.faults import fault_point
-from embedstore.fsutil import fsync_dir
+from embedstore.fsutil import fsync_dir, make_dir
 from embedstore.store.store import head_dir
 
 MODEL_FILES = ("head.json", "model.json", "model.npz", "train_hashes.npy")
@@ -90,7 +90,7 @@ def _write(path: Path, data: bytes) -> None:
 def write_head_dir(root: Path, name: str, meta: dict, model: Any, train_hashes: list[str]) -> str:
     """Write a new version of head `name` (see the module docstring); returns its manifest checksum."""
     parent = root / name
-    parent.mkdir(parents=True, exist_ok=True)
+    make_dir(parent)
     tmp = parent / f".head.tmp.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -144,3 +144,26 @@ def test_not_a_database_is_a_clear_error(tmp_path):
     (tmp_path / "plain.duckdb").rename(tmp_path / "p" / "embedstore.duckdb")
     with pytest.raises(StoreVersionError, match="not an embedstore database"):
         embedstore.open(tmp_path / "p", read_only=True).info()
+
+
+def test_every_single_bit_flip_of_a_sidecar_is_detected(tmp_path):
+    """Exhaustive: the sidecar checksums its own fields, so no flipped bit loads (or crashes) silently."""
+    from embedstore.index.faiss_index import VectorIndex
+    side = tmp_path / "0123456789abcdef.json"
+    index = VectorIndex.create(8, "IDMap2,Flat")
+    index.add(np.arange(5, dtype=np.int64), np.random.default_rng(0).random((5, 8), dtype=np.float32))
+    index.save(side, {"count": 5, "xor": "123", "max_id": 4})
+    raw = side.read_bytes()
+    VectorIndex.load(side)
+    loaded = []
+    for i in range(len(raw)):
+        for bit in range(8):
+            flipped = bytearray(raw)
+            flipped[i] ^= 1 << bit
+            side.write_bytes(bytes(flipped))
+            try:
+                VectorIndex.load(side)
+                loaded.append((i, bit))
+            except CorruptFileError:
+                pass
+    assert loaded == []

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import embedstore
+import embedstore.encoders
 from embedstore.errors import EmbedstoreError
 from embedstore.index.sync import db_state
 from tests.conftest import REPO, cli
@@ -40,18 +41,19 @@ def start_ingest(src: Path, store: Path, chunk: int = 2000) -> subprocess.Popen:
                             text=True)
 
 
-def committed_items(store: Path) -> int:
+def committed_items(store: Path, dataset: str = "d") -> int:
     try:
         with embedstore.open(store, read_only=True) as s, s.connect() as con:
-            return con.execute("SELECT count(*) FROM items").fetchall()[0][0]
+            return con.execute("SELECT count(*) FROM items WHERE dataset = ?", [dataset]).fetchall()[0][0]
     except EmbedstoreError:
         return 0  # the store or its tables do not exist yet
 
 
-def wait_for_items(store: Path, proc: subprocess.Popen, at_least: int, timeout: float = 60) -> int:
+def wait_for_items(store: Path, proc: subprocess.Popen, at_least: int, timeout: float = 60,
+                   dataset: str = "d") -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        n = committed_items(store) if (store / "embedstore.duckdb").exists() else 0
+        n = committed_items(store, dataset) if (store / "embedstore.duckdb").exists() else 0
         if n >= at_least or proc.poll() is not None:
             return n
         time.sleep(0.05)
@@ -162,7 +164,7 @@ def test_a_query_is_let_in_between_batches_of_a_fast_ingest(tmp_path):
                              "--store", str(store)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # every vector is cached: batches run back to back
     try:
-        wait_for_items(store, proc, 4_000)
+        wait_for_items(store, proc, 4_000, dataset="e")
         answered = []
         for _ in range(3):
             q = cli("embedstore", "sql", "SELECT count(*) AS n FROM items WHERE dataset = 'e'", "--format", "json",
@@ -173,3 +175,33 @@ def test_a_query_is_let_in_between_batches_of_a_fast_ingest(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_long_lived_reader_follows_what_writers_commit(tmp_path):
+    """A read-only Store kept open (a notebook) sees every later commit in search: appends are caught up in
+    memory, a re-keyed item makes it rebuild; results equal exact search each time."""
+    store = tmp_path / "store"
+
+    def ingest(rows: list[tuple[str, str]]) -> None:
+        src = tmp_path / "rows.tsv"
+        src.write_text("id\ttext\n" + "".join(f"{k}\t{t}\n" for k, t in rows))
+        cli("embedstore", "ingest", str(src), "--dataset", "d", "--encoder", ENC, "--id-column", "id", "--quiet",
+            store=store)
+
+    def check(reader, query: str) -> list[str]:
+        X, _, fs = reader.features("d", ENC, label=None, return_meta=True)
+        q = embedstore.encoders.get_encoder(ENC).embed([query]).vectors[0]
+        hits = reader.search("d", vector=q, k=3)
+        np.testing.assert_allclose([h.score for h in hits], np.sort(X @ q)[::-1][:3], rtol=1e-4, atol=1e-5)
+        return [h.key for h in hits]
+
+    ingest([(f"r{i}", " ".join(WORDS[i % 7: i % 7 + 4]) + f" {i}") for i in range(100)])
+    reader = embedstore.open(store, read_only=True)
+    assert "new" not in check(reader, "omicron pi rho sigma")
+    ingest([("new", "omicron pi rho sigma")])                  # an append
+    assert check(reader, "omicron pi rho sigma")[0] == "new"
+    assert reader.index("d", reader.resolve_encoder(ENC, "d")).origin == "loaded"  # followed, not reopened
+    ingest([("new", "kappa lambda mu nu xi")])                 # the same key, new text: a re-keyed item
+    assert check(reader, "kappa lambda mu nu xi")[0] == "new"
+    assert check(reader, "omicron pi rho sigma")[0] != "new"
+    reader.close()

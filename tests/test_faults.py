@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 
 import embedstore
 import heads
-from embedstore.errors import EmbedstoreError
+from embedstore.errors import NotFoundError, StoreVersionError
 from embedstore.faults import POINTS
 from embedstore.index.faiss_index import VectorIndex
 from embedstore.index.sync import db_state
@@ -48,30 +49,41 @@ def ingest_cmd(src: Path, store: Path, chunk: int = 250) -> list[str]:
             "--store", str(store)]
 
 
-def run_with_fault(cmd: list[str], point: str | None = None, kill_after: float | None = None) -> int:
-    """Run cmd; kill it at `point` (via EMBEDSTORE_FAULT) or after `kill_after` seconds. Returns its exit code."""
+def run_with_fault(cmd: list[str], point: str | None = None, store: Path | None = None,
+                   rng: np.random.Generator | None = None) -> int:
+    """Run cmd and kill it: at `point` (via EMBEDSTORE_FAULT), or, given `rng`, at a random moment after its
+    first commit to `store` (a reader polls for it). With neither, just run it. Returns its exit code."""
     env = {**os.environ, **FAST_CHECKPOINTS}
     if point:
         env["EMBEDSTORE_FAULT"] = point
+    before = len(snapshot(store)) if rng is not None else 0
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if kill_after is not None:
-        try:
-            proc.wait(timeout=kill_after)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
+    if rng is not None:
+        while proc.poll() is None and len(snapshot(store)) == before:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 0.6))
+        proc.send_signal(signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
-    if point:
-        assert proc.returncode == -signal.SIGKILL, f"fault point {point} was not reached:\n{out}\n{err}"
+    if point or rng is not None:
+        assert proc.returncode == -signal.SIGKILL, f"not killed at {point or 'random'} (it ended first):\n{out}\n{err}"
     return proc.returncode
 
 
 def snapshot(store: Path) -> dict[str, str]:
-    """{key: content hash} of the committed ok items, read by a read-only opener (as another process would)."""
+    """{key: content hash} of the committed items, read by a read-only opener (as another process would)."""
     try:
         with embedstore.open(store, read_only=True) as s, s.connect() as con:
             return dict(con.execute("SELECT key, content_hash FROM items WHERE dataset='d'").fetchall())
-    except EmbedstoreError:
-        return {}  # no store, or not yet a dataset
+    except (NotFoundError, StoreVersionError):
+        return {}  # no store yet, or one whose creation was killed before its schema was committed
+
+
+def committed_chunks(point: str) -> int | None:
+    """How many of the killed run's 250-row chunks a chunk fault point lets commit (None: not a chunk point)."""
+    name, _, nth = point.partition("@")
+    n = int(nth or 1)
+    return {"ingest.chunk.before_commit": n - 1, "ingest.chunk.after_commit": n,
+            "ingest.chunk.after_index_add": n}.get(name)
 
 
 def check_store(store: Path, acknowledged: dict[str, str]) -> dict[str, str]:
@@ -115,18 +127,21 @@ def test_kill_9_at_every_ingest_fault_point_and_at_random_times(tmp_path):
     acknowledged: dict[str, str] = {}
     parts = []
     rng = np.random.default_rng(7)
-    plan = [(p, None) for p in INGEST_POINTS] + [(None, float(t)) for t in rng.uniform(1.0, 4.0, RANDOM_KILLS)]
-    for i, (point, after) in enumerate(plan):
-        parts.append(write_part(tmp_path / f"part{i}.tsv", i, PART * (4 if after else 1)))
-        run_with_fault(ingest_cmd(parts[-1], store), point, after)
+    plan = [(p, PART) for p in INGEST_POINTS] + [(None, 8 * PART)] * RANDOM_KILLS
+    for i, (point, rows) in enumerate(plan):
+        parts.append(write_part(tmp_path / f"part{i}.tsv", i, rows))
+        run_with_fault(ingest_cmd(parts[-1], store), point, store, None if point else rng)
+        before = len(acknowledged)
         acknowledged = check_store(store, acknowledged)
-    assert 0 < len(acknowledged) < sum(PART * (4 if a else 1) for _, a in plan)
+        if point and committed_chunks(point) is not None:  # every acknowledged (committed) chunk is there
+            assert len(acknowledged) - before == 250 * committed_chunks(point), point
+    assert 0 < len(acknowledged) < sum(rows for _, rows in plan)
     for src in parts:  # every rerun completes
         done = cli("embedstore", "ingest", str(src), "--dataset", "d", "--encoder", ENC, "--id-column", "id",
                    "--label-column", "label", "--quiet", "--json", store=store)
         assert json.loads(done.stdout)["skipped"] == {}
     final = check_store(store, acknowledged)
-    assert len(final) == sum(PART * (4 if a else 1) for _, a in plan)
+    assert len(final) == sum(rows for _, rows in plan)
     with embedstore.open(store) as s:  # the writer's persisted index is complete and answers like exact search
         rec = s.resolve_encoder(ENC, "d")
         live = s.index("d", rec)
@@ -264,3 +279,33 @@ def test_full_disk_mid_ingest_is_a_clear_error_and_the_rerun_completes(tmp_path,
     cli("embedstore", "ingest", str(src), "--dataset", "d", "--encoder", ENC, "--id-column", "id",
         "--label-column", "label", "--quiet", store=store)
     assert len(check_store(store, kept)) == 40_000
+
+
+def test_disk_full_shapes_become_one_clear_error():
+    import errno
+
+    import duckdb
+
+    from embedstore.errors import DiskFullError, disk_full_as_error
+    for exc in (OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EFBIG, "File too large"),
+                duckdb.IOException('Could not write file "x.wal": No space left on device'),
+                RuntimeError("Error in faiss::FileIOWriter: fwrite failed: No space left on device")):
+        with pytest.raises(DiskFullError, match="out of disk space .* free space"):
+            with disk_full_as_error():
+                raise exc
+    with pytest.raises(ValueError):  # anything else passes through unchanged
+        with disk_full_as_error():
+            raise ValueError("not about space")
+
+
+def test_full_disk_during_heads_fit_is_a_clear_error(tmp_path, small_tmpfs):
+    """Not only ingest: any command that writes (here `heads fit`) reports a full disk in one line."""
+    store = small_tmpfs / "store"
+    cli("embedstore", "ingest", str(write_part(tmp_path / "p.tsv", 0, 300)), "--dataset", "d", "--encoder", ENC,
+        "--id-column", "id", "--label-column", "label", "--quiet", store=store)
+    free = shutil.disk_usage(small_tmpfs).free
+    (small_tmpfs / "filler").write_bytes(bytes(max(free - 4096, 0)))
+    out = subprocess.run(fit_cmd(store, "logreg"), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "out of disk space" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    (small_tmpfs / "filler").unlink()
+    assert subprocess.run(fit_cmd(store, "logreg"), cwd=REPO, capture_output=True).returncode == 0

@@ -421,3 +421,12 @@ def test_cli_sql_refuses_file_writes_and_extensions_without_allow_writes(store, 
         p = cli("embedstore", "sql", stmt, store=path, check=False)
         assert p.returncode == 2 and "read-only" in p.stderr and "Traceback" not in p.stderr, (stmt, p.stderr)
     assert not leak.exists()
+
+
+def test_a_query_cannot_fetch_or_load_an_extension(store):
+    """A plain SELECT naming an extension's function must not make DuckDB download or load it."""
+    with pytest.raises(Exception, match="sqlite_scan"):
+        store.sql("SELECT * FROM sqlite_scan('x.db', 't')")
+    with store.connect() as con:
+        loaded = {r[0] for r in con.execute("SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()}
+    assert "sqlite_scanner" not in loaded

@@ -8,6 +8,7 @@ database state the index reflects (`state`), which the store compares to DuckDB 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -21,7 +22,7 @@ from embedstore.errors import CorruptFileError, InputError
 from embedstore.faults import fault_point
 from embedstore.fsutil import atomic_write_json, remove_other_versions, sha256_file, write_versioned
 
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: the sidecar checksums its own fields
 TARGET_RECALL = 0.97  # nprobe is raised until held-out recall@10 reaches this on a sample
 
 
@@ -31,6 +32,11 @@ def choose_factory(n: int) -> str:
         return "IDMap2,Flat"
     nlist = 2 ** max(6, round(math.log2(4 * math.sqrt(n))))
     return f"IVF{nlist},Flat"
+
+
+def _meta_digest(meta: dict) -> str:
+    """The sidecar's checksum of its own fields: a flipped bit in the factory or params is caught too."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def _normalized(x: np.ndarray) -> np.ndarray:
@@ -131,7 +137,7 @@ class VectorIndex:
         data, digest = write_versioned(sidecar.parent, stem, ".faiss", lambda tmp: faiss.write_index(self.index,
                                                                                                      str(tmp)))
         fault_point("index.save.before_sidecar")
-        atomic_write_json(sidecar, {
+        meta = {
             "version": SIDECAR_VERSION,
             "file": data.name,
             "factory": self.factory,
@@ -141,7 +147,8 @@ class VectorIndex:
             "count": self.ntotal,
             "sha256": digest,
             "state": state,
-        })
+        }
+        atomic_write_json(sidecar, {**meta, "sidecar_sha256": _meta_digest(meta)})
         fault_point("index.save.after_sidecar")
         remove_other_versions(sidecar.parent, stem, ".faiss", keep=data.name)
 
@@ -154,6 +161,8 @@ class VectorIndex:
             raise CorruptFileError(f"index sidecar {sidecar} is missing")
         try:
             meta = json.loads(sidecar.read_text())
+            if meta.pop("sidecar_sha256") != _meta_digest(meta) or meta["version"] != SIDECAR_VERSION:
+                raise ValueError("its own checksum or version does not match")
             expected, name = meta["sha256"], meta["file"]
             if not re.fullmatch(re.escape(sidecar.stem) + r"\.[0-9a-f]{16}\.faiss", name) or \
                     not name.startswith(f"{sidecar.stem}.{expected[:16]}"):

@@ -48,6 +48,8 @@ class LiveIndex:
         self.dirty = origin != "loaded"
         self.unsaved = 0
         self.expected = 0  # rows an ingest announced: a rebuilt index reserves room for them too
+        self.state: dict = {}  # the database state it reflects (read-only stores: see refresh)
+        self.signature: tuple = ()
 
     def reserve(self, total: int) -> None:
         """Room for `total` vectors, now and in any index a checkpoint rebuilds (no reallocation peaks)."""
@@ -131,6 +133,32 @@ def build(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord
     return index
 
 
+def signature(con: "duckdb.DuckDBPyConnection", record: "EncoderRecord") -> tuple:
+    """A cheap summary that changes whenever an index of this encoder may have to: items added, re-keyed or
+    deleted (their count or the highest id moves; ids are never reused) or vectors added."""
+    return first(con, f"SELECT (SELECT count(*) FROM items), (SELECT max(item_id) FROM items), "
+                      f"(SELECT count(*) FROM {record.table})")
+
+
+def _follow(con, live: "LiveIndex", held: dict, now: dict) -> str:
+    """Bring `live.index`, which reflects database state `held`, up to `now`: "loaded" when nothing changed,
+    "caught-up" when only appends happened (the new rows are added), else "rebuilt" from the database."""
+    if held == now:
+        return "loaded"
+    prefix = db_state(con, live.dataset, live.record, max_id=held.get("max_id", -1))
+    if live.index.ntotal == held.get("count") and \
+            {k: prefix[k] for k in ("count", "xor")} == {k: held.get(k) for k in ("count", "xor")}:
+        for ids, x in iter_vectors(con, live.dataset, live.record, "AND i.item_id > ?", [held["max_id"]]):
+            live.add(ids, x)
+        return "caught-up"
+    log.warning("index %s/%s is stale (database changed beyond appends); rebuilding", live.dataset,
+                live.record.short)
+    live.index = None
+    live.index = build(con, live.dataset, live.record, now["count"])
+    live.dirty = True
+    return "rebuilt"
+
+
 @disk_full_as_error()
 def open_index(store: "Store", dataset: str, record: "EncoderRecord") -> LiveIndex:
     path = store.index_path(dataset, record)
@@ -144,18 +172,20 @@ def open_index(store: "Store", dataset: str, record: "EncoderRecord") -> LiveInd
             live = LiveIndex(store, dataset, record, build(con, dataset, record, now["count"]),
                              "rebuilt" if path.exists() else "new")
         else:
-            saved = meta.get("state") or {}
-            if saved == now:
-                return LiveIndex(store, dataset, record, index, "loaded")
-            prefix = db_state(con, dataset, record, max_id=saved.get("max_id", -1))
-            if index.ntotal == saved.get("count") and {k: prefix[k] for k in ("count", "xor")} == \
-                    {k: saved.get(k) for k in ("count", "xor")}:
-                live = LiveIndex(store, dataset, record, index, "caught-up")
-                for ids, x in iter_vectors(con, dataset, record, "AND i.item_id > ?", [saved["max_id"]]):
-                    live.add(ids, x)
-            else:
-                log.warning("index %s is stale (database changed beyond appends); rebuilding", path)
-                live = LiveIndex(store, dataset, record, build(con, dataset, record, now["count"]), "rebuilt")
+            live = LiveIndex(store, dataset, record, index, "loaded")
+            live.origin = _follow(con, live, meta.get("state") or {}, now)
+        live.state, live.signature = now, signature(con, record)
     if not store.read_only:
         live.persist()
     return live
+
+
+def refresh(live: LiveIndex) -> None:
+    """For a long-lived read-only store: follow what writers committed since the index was opened (a cheap
+    check when nothing changed; appends are added in memory)."""
+    with live.store.connect() as con:
+        sig = signature(con, live.record)
+        if sig != live.signature:
+            now = db_state(con, live.dataset, live.record)
+            _follow(con, live, live.state, now)
+            live.state, live.signature = now, sig

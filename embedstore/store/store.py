@@ -124,8 +124,10 @@ class Store:
         try:
             while True:
                 try:
-                    return duckdb.connect(str(self.db_path), read_only=self.read_only,
-                                          config={"memory_limit": config.setting("duckdb_memory")})
+                    return duckdb.connect(str(self.db_path), read_only=self.read_only, config={
+                        "memory_limit": config.setting("duckdb_memory"),
+                        # no extension is fetched or loaded behind the user's back (e.g. by sqlite_scan)
+                        "autoinstall_known_extensions": False, "autoload_known_extensions": False})
                 except duckdb.Error as e:
                     msg = str(e).lower()
                     if "storage version" in msg or "newer version" in msg:
@@ -364,10 +366,12 @@ class Store:
 
     def index(self, dataset: str, record: EncoderRecord):
         """The up-to-date FAISS index for (dataset, encoder), loaded, caught up or rebuilt from DuckDB."""
-        from embedstore.index.sync import open_index
+        from embedstore.index.sync import open_index, refresh
         k = (dataset, record.fingerprint)
         if k not in self._indexes:
             self._indexes[k] = open_index(self, dataset, record)
+        elif self.read_only:  # writers in other processes may have committed since (the writer's own are mirrored)
+            refresh(self._indexes[k])
         return self._indexes[k]
 
     def forget_indexes(self, dataset: str | None = None, keep: Any = None) -> None:
