@@ -357,7 +357,8 @@ def list_heads(store: "Store") -> list[dict]:
 def compare(store: "Store", dataset: str, encoders: Sequence[str], models: Sequence[str], label: str = "label",
             cv: int = 5, seed: int = 0, test_dataset: str | None = None, group: str | None = None) -> list[dict]:
     """Every (encoder or a+b concatenation, model) under one protocol: the same CV folds on the training items
-    common to all encoders, and (if given) one score on the test dataset. Rows ranked by the primary metric."""
+    common to all encoders, and (if given) one score on the test dataset. Rows are ranked by the CV primary metric,
+never by the test score (choosing by test would make it a validation set)."""
     tasks = {MODELS[m].task for m in models if m in MODELS}
     unknown = [m for m in models if m not in MODELS]
     if unknown or len(tasks) != 1:
@@ -388,8 +389,7 @@ def compare(store: "Store", dataset: str, encoders: Sequence[str], models: Seque
                 row.update({f"test_{k}": v for k, v in score(task, test[1], est.predict(test[0])).items()
                             if k != "n"})
             rows.append(row)
-    key = f"test_{PRIMARY[task]}" if test_dataset else f"cv_{PRIMARY[task]}"
-    rows.sort(key=lambda r: -r[key])
+    rows.sort(key=lambda r: -r[f"cv_{PRIMARY[task]}"])  # ranked on training data only; test is a column
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
     return rows
