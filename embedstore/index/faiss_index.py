@@ -161,8 +161,10 @@ class VectorIndex:
             raise CorruptFileError(f"index sidecar {sidecar} is missing")
         try:
             meta = json.loads(sidecar.read_text())
-            if meta.pop("sidecar_sha256") != _meta_digest(meta) or meta["version"] != SIDECAR_VERSION:
-                raise ValueError("its own checksum or version does not match")
+            if meta.get("version") != SIDECAR_VERSION:
+                raise ValueError(f"format version {meta.get('version')!r}, this embedstore writes {SIDECAR_VERSION}")
+            if meta.pop("sidecar_sha256", None) != _meta_digest(meta):
+                raise ValueError("its fields do not match its own checksum")
             expected, name = meta["sha256"], meta["file"]
             if not re.fullmatch(re.escape(sidecar.stem) + r"\.[0-9a-f]{16}\.faiss", name) or \
                     not name.startswith(f"{sidecar.stem}.{expected[:16]}"):
