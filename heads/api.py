@@ -19,7 +19,7 @@ import numpy as np
 
 from embedstore.errors import FingerprintMismatchError, InputError, NotFoundError, disk_full_as_error
 from embedstore.faults import fault_point
-from embedstore.fsutil import remove_other_versions
+from embedstore.fsutil import atomic_write_json, remove_other_versions
 from embedstore.store.db import first
 from embedstore.store.features import FeatureSet, load_features
 from embedstore.store.store import check_name, head_dir
@@ -335,7 +335,7 @@ def evaluate(store: "Store", name: str, dataset: str, label: str = "label", repo
             from heads.plots import confusion_png
             out["confusion_png"] = str(confusion_png(y, pred, head.meta["classes"], report_dir / "confusion.png",
                                                      f"{name} on {dataset}"))
-        (report_dir / "metrics.json").write_text(json.dumps(out, indent=2))
+        atomic_write_json(report_dir / "metrics.json", out)
     return out
 
 

@@ -7,12 +7,20 @@ from typing import Sequence
 
 import numpy as np
 
+from embedstore.fsutil import atomic_write
+
 
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def _save(fig, out: Path) -> None:
+    """Write the PNG under a temporary name and rename it: a crash never leaves half an image."""
+    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    _plt().close(fig)
 
 
 def confusion_png(y_true: Sequence, y_pred: Sequence, classes: Sequence[str], out: Path, title: str) -> Path:
@@ -30,8 +38,7 @@ def confusion_png(y_true: Sequence, y_pred: Sequence, classes: Sequence[str], ou
     for (i, j), v in np.ndenumerate(cm):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
     return out
 
 
@@ -52,8 +59,7 @@ def curve_png(rows: list[dict], out: Path, title: str, metric: str = "accuracy")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
     return out
 
 
@@ -88,6 +94,5 @@ def map_png(X: np.ndarray, labels: Sequence | None, out: Path, title: str, metho
     ax.set_ylabel(f"{used.upper()} 2")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
     return out, used
