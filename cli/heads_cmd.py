@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--name", help="head name (default: <dataset>-<model>)")
     f.add_argument("--param", action="append", metavar="NAME=VALUE", help="estimator parameter, repeatable")
     f.add_argument("--cv", type=int, help="score with K-fold CV instead of a hold-out split")
-    f.add_argument("--test-size", type=float, default=0.2, help="hold-out fraction for scoring (default 0.2)")
+    f.add_argument("--test-size", type=float, default=0.2, help="hold-out fraction for scoring (default 0.2); 0 fits once on all rows "
+                   "without a score (the fastest refit)")
     f.add_argument("--group-column", help="keep items sharing this metadata column in the same fold")
     f.add_argument("--search", action="store_true", help="try the model's small parameter grid, keep the best")
     f.add_argument("--budget", type=float, help="seconds the search may spend (default: the whole grid)")
@@ -151,6 +152,9 @@ def cmd_fit(args) -> int:
           f"({'+'.join(head.meta['encoders'])}), {len(head.meta['classes']) or 'no'} classes")
     if head.meta["search"]:
         print(f"searched {len(head.meta['search'])} settings; kept {head.meta['params']}")
+    if "n" not in scores:
+        print(f"{scores['protocol']}; fit time {scores['fit_seconds']:.2f}s")
+        return 0
     print(f"scored by {scores['protocol']} (n={scores['n']:,}); fit time {scores['fit_seconds']:.2f}s")
     _print_metrics(scores)
     return 0

@@ -242,8 +242,12 @@ def fit(store: "Store", dataset: str, label: str = "label", model: str = "logreg
     fs = _feature_set(store, dataset, encoder, label, group)
     X = fs.X
     y, label_names = targets(task, fs.y, dataset, label)
+    unscored = not cv and not dev_dataset and test_size == 0  # fit once, on every row, and report no score
+    if unscored and search_params:
+        raise InputError("a parameter search needs a score: give a hold-out fraction (test_size > 0), cv or a "
+                         "dev dataset")
     protocol = Protocol(task, cv=cv, test_size=test_size, seed=seed)
-    splits = protocol.splits(y, fs.groups)
+    splits = [] if unscored else protocol.splits(y, fs.groups)
     dev = None
     if dev_dataset:
         dfs = load_features(store, dev_dataset, _records_in(store, dev_dataset, fs.specs, fs.fingerprints), label)
@@ -255,6 +259,9 @@ def fit(store: "Store", dataset: str, label: str = "label", model: str = "logreg
     if dev is not None:
         est = make(model, chosen).fit(X, y)
         scores = {**score(task, dev[1], est.predict(dev[0])), "protocol": f"dev dataset {dev_dataset}"}
+    elif unscored:
+        est = make(model, chosen).fit(X, y)
+        scores = {"protocol": "none (test_size=0: fitted once on all rows, not scored)"}
     else:
         scores = {**evaluate_splits(model, chosen, X, y, task, splits),
                   "protocol": protocol.describe(fs.groups is not None)}

@@ -157,3 +157,22 @@ def test_map_png(two_encoders, tmp_path):
     from PIL import Image
     with Image.open(out) as im:
         assert im.size[0] > 500
+
+
+def test_test_size_zero_fits_once_on_all_rows(two_encoders, monkeypatch):
+    """The fastest refit: no hold-out score, one fit; the model equals the final model of a scored fit."""
+    import heads.api
+    import heads.select
+    fits = []
+    real = heads.api.make
+    for module in (heads.api, heads.select):  # the hold-out fit is made in select, the final one in api
+        monkeypatch.setattr(module, "make", lambda *a, **k: fits.append(a) or real(*a, **k))
+    scored, s1 = heads.fit(two_encoders, "train", "label", "logreg", encoder="hashing:32", name="a")
+    n_scored = len(fits)
+    quick, s0 = heads.fit(two_encoders, "train", "label", "logreg", encoder="hashing:32", name="b", test_size=0)
+    assert n_scored == 2 and len(fits) - n_scored == 1
+    assert "accuracy" in s1 and "accuracy" not in s0 and s0["protocol"].startswith("none")
+    X, _ = two_encoders.features("test", "hashing:32", label=None)
+    assert (quick.predict_features(X) == scored.predict_features(X)).all()
+    with pytest.raises(Exception, match="search needs a score"):
+        heads.fit(two_encoders, "train", "label", "logreg", encoder="hashing:32", test_size=0, search_params=True)
