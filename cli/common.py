@@ -9,7 +9,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from embedstore import config
-from embedstore.errors import EmbedstoreError, disk_full_as_error
+from embedstore.errors import EmbedstoreError, resource_errors_as_clear
 
 
 def add_store_arg(p: argparse.ArgumentParser) -> None:
@@ -55,7 +55,7 @@ def run(build_parser: Callable[[], argparse.ArgumentParser], commands: dict[str,
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         args = build_parser().parse_args(argv)
-        with disk_full_as_error():  # whatever the command was writing: one line, not a traceback
+        with resource_errors_as_clear():  # whatever the command was writing: one line, not a traceback
             return commands[args.command](args)
     except EmbedstoreError as e:
         print(f"error: {e}", file=sys.stderr)

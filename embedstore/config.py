@@ -33,7 +33,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("lock_wait", "EMBEDSTORE_LOCK_WAIT", "30",
                 "seconds a reader waits for the database while an ingest writes a batch"),
         Setting("duckdb_memory", "EMBEDSTORE_DUCKDB_MEMORY", "256MB",
-                "DuckDB's memory limit (its page cache; larger queries spill to <store>/embedstore.duckdb.tmp)"),
+                "DuckDB's memory limit (its page cache; larger queries spill to <store>/embedstore.duckdb.tmp). Its "
+                "key indexes stay in memory, ~15 MB per 100k items and encoder: raise it for multi-million stores"),
         Setting("device", "EMBEDSTORE_DEVICE", "auto",
                 "encoder device: auto (cuda when available), cpu, cuda, cuda:N"),
     ]

@@ -54,17 +54,27 @@ _FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _FULL_WORDS = ("no space left", "file too large", "disk quota", "not enough space")
 
 
+class MemoryLimitError(EmbedstoreError, MemoryError):
+    """DuckDB reached EMBEDSTORE_DUCKDB_MEMORY; nothing committed before it was lost."""
+
+
 @contextmanager
-def disk_full_as_error() -> Iterator[None]:
+def resource_errors_as_clear() -> Iterator[None]:
     """Turn the many shapes of "disk full" (OSError errno, DuckDB IO/transaction errors, FAISS write errors)
-    into one DiskFullError that tells the user what to do. Also a decorator (@disk_full_as_error())."""
+    and DuckDB's memory limit into errors that tell the user what to do. Also a decorator."""
     try:
         yield
-    except DiskFullError:
+    except (DiskFullError, MemoryLimitError):
         raise
     except Exception as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if getattr(e, "errno", None) in _FULL_ERRNOS or any(w in str(e).lower() for w in _FULL_WORDS):
-            raise DiskFullError(f"out of disk space ({str(e).strip().splitlines()[0]}). Nothing committed "
-                                "before it is lost; free space (or raise the file-size limit) and rerun the same "
-                                "command (an ingest resumes where it stopped)") from e
+            raise DiskFullError(f"out of disk space ({detail}). Nothing committed before it is lost; free space "
+                                "(or raise the file-size limit) and rerun the same command (an ingest resumes "
+                                "where it stopped)") from e
+        if type(e).__name__ == "OutOfMemoryException":  # duckdb's, matched by name: no duckdb import here
+            raise MemoryLimitError(f"DuckDB reached its memory limit ({detail}). Large stores need more: DuckDB "
+                                   "keeps each table's key index in memory (about 15 MB per 100,000 items and "
+                                   "encoder). Raise EMBEDSTORE_DUCKDB_MEMORY (e.g. 2GB) and rerun the same command "
+                                   "(an ingest resumes where it stopped)") from e
         raise

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from embedstore.errors import FingerprintMismatchError, InputError, NotFoundError, disk_full_as_error
+from embedstore.errors import FingerprintMismatchError, InputError, NotFoundError, resource_errors_as_clear
 from embedstore.faults import fault_point
 from embedstore.fsutil import atomic_write_json, remove_other_versions
 from embedstore.store.db import first
@@ -224,7 +224,7 @@ def _records_in(store: "Store", dataset: str, specs: Sequence[str], fingerprints
     return out
 
 
-@disk_full_as_error()
+@resource_errors_as_clear()
 def fit(store: "Store", dataset: str, label: str = "label", model: str = "logreg", encoder: str = "",
         name: str | None = None, params: dict | None = None, cv: int | None = None, test_size: float = 0.2,
         seed: int = 0, group: str | None = None, search_params: bool = False, budget: float | None = None,

@@ -286,15 +286,15 @@ def test_disk_full_shapes_become_one_clear_error():
 
     import duckdb
 
-    from embedstore.errors import DiskFullError, disk_full_as_error
+    from embedstore.errors import DiskFullError, resource_errors_as_clear
     for exc in (OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EFBIG, "File too large"),
                 duckdb.IOException('Could not write file "x.wal": No space left on device'),
                 RuntimeError("Error in faiss::FileIOWriter: fwrite failed: No space left on device")):
         with pytest.raises(DiskFullError, match="out of disk space .* free space"):
-            with disk_full_as_error():
+            with resource_errors_as_clear():
                 raise exc
     with pytest.raises(ValueError):  # anything else passes through unchanged
-        with disk_full_as_error():
+        with resource_errors_as_clear():
             raise ValueError("not about space")
 
 
@@ -309,3 +309,19 @@ def test_full_disk_during_heads_fit_is_a_clear_error(tmp_path, small_tmpfs):
     assert out.returncode == 2 and "out of disk space" in out.stderr and "Traceback" not in out.stderr, out.stderr
     (small_tmpfs / "filler").unlink()
     assert subprocess.run(fit_cmd(store, "logreg"), cwd=REPO, capture_output=True).returncode == 0
+
+
+def test_duckdb_memory_limit_is_a_clear_error_and_the_rerun_completes(tmp_path):
+    """DuckDB keeps key indexes in memory; a store that outgrows EMBEDSTORE_DUCKDB_MEMORY fails with advice,
+    keeps what it committed, and resumes once the limit is raised."""
+    src = write_part(tmp_path / "big.tsv", 0, 40_000)
+    store = tmp_path / "store"
+    proc = subprocess.run(ingest_cmd(src, store, chunk=2000), cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "EMBEDSTORE_DUCKDB_MEMORY": "8MB"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "DuckDB reached its memory limit" in proc.stderr and "EMBEDSTORE_DUCKDB_MEMORY" in proc.stderr
+    kept = check_store(store, {})
+    assert len(kept) < 40_000
+    cli("embedstore", "ingest", str(src), "--dataset", "d", "--encoder", ENC, "--id-column", "id",
+        "--label-column", "label", "--quiet", store=store)
+    assert len(check_store(store, kept)) == 40_000

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedstore.errors import CorruptFileError, disk_full_as_error
+from embedstore.errors import CorruptFileError, resource_errors_as_clear
 from embedstore.index.faiss_index import VectorIndex, choose_factory
 from embedstore.store.db import first
 from embedstore.store.features import iter_vectors
@@ -159,7 +159,7 @@ def _follow(con, live: "LiveIndex", held: dict, now: dict) -> str:
     return "rebuilt"
 
 
-@disk_full_as_error()
+@resource_errors_as_clear()
 def open_index(store: "Store", dataset: str, record: "EncoderRecord") -> LiveIndex:
     path = store.index_path(dataset, record)
     with store.connect() as con:

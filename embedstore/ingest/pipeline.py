@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from embedstore import config
 from embedstore.encoders import Encoder, get_encoder
-from embedstore.errors import disk_full_as_error
+from embedstore.errors import resource_errors_as_clear
 from embedstore.faults import fault_point
 from embedstore.ingest.hashing import content_hash
 from embedstore.ingest.progress import Progress
@@ -80,7 +80,7 @@ def _take(it: Iterator[Record], size: int) -> list[Record]:
     return chunk
 
 
-@disk_full_as_error()
+@resource_errors_as_clear()
 def ingest(store: "Store", source: Any, *, dataset: str, encoder: str | Encoder, text_column: str = "text",
            label_column: str | None = None, id_column: str | None = None, sep: str | None = None,
            quoting: str = "auto", header: bool = True, columns: list[str] | None = None,

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from embedstore.errors import NotFoundError, disk_full_as_error
+from embedstore.errors import NotFoundError, resource_errors_as_clear
 from embedstore.faults import fault_point
 from embedstore.fsutil import remove_other_versions
 from embedstore.store.db import first, scalar
@@ -64,7 +64,7 @@ def info(store: "Store") -> dict:
     return out
 
 
-@disk_full_as_error()
+@resource_errors_as_clear()
 def delete_dataset(store: "Store", name: str) -> dict:
     """Remove a dataset's items, encoder links and index files; vectors stay until `gc` (other datasets may
     share them)."""
@@ -83,7 +83,7 @@ def delete_dataset(store: "Store", name: str) -> dict:
     return {"dataset": name, "items_deleted": n}
 
 
-@disk_full_as_error()
+@resource_errors_as_clear()
 def gc(store: "Store") -> dict:
     """Delete vectors no item references (per encoder), then compact the database file."""
     store._require_writable()
