@@ -133,20 +133,8 @@ def gue(args) -> None:
 def tiny_lm(root: Path) -> Path:
     """An ESM model shaped like Nucleotide Transformer v1 (6-mer tokens, 1,000-token context) but small: 2 layers,
     128 wide, random weights. It measures the pipeline around a model, not a real model's speed."""
-    import itertools
-    import torch
-    from transformers import EsmConfig, EsmModel, EsmTokenizer
-    vocab = (["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"]
-             + ["".join(p) for p in itertools.product("ATCG", repeat=6)] + list("ATCGN"))
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "vocab.txt").write_text("\n".join(vocab))
-    EsmTokenizer(str(root / "vocab.txt"), model_max_length=1000).save_pretrained(root)
-    torch.manual_seed(0)
-    EsmModel(EsmConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=512, max_position_embeddings=1002, pad_token_id=1, mask_token_id=2,
-                       position_embedding_type="absolute", token_dropout=False),
-             add_pooling_layer=False).save_pretrained(root)
-    return root
+    from embedstore.encoders.dna import save_random_esm
+    return save_random_esm(root, hidden=128, layers=2, heads=4, intermediate=512, context=1000)
 
 
 def peer_kmer(seqs: list[str]) -> None:

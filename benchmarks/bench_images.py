@@ -26,7 +26,6 @@ import shutil
 import statistics
 import tarfile
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +33,6 @@ import numpy as np
 from _common import dataset_path, import_library, parser, ratio, show, timed, verdict, wait_quiet, write_results
 
 ENCODER = "efficientnet-lite0"
-
-
-def cifar_slice(src: Path, dst: Path, per_class: int) -> Path:
-    """The first `per_class` images of each class of a CIFAR tar.gz, as a new tar.gz (never inside the repo)."""
-    seen: Counter = Counter()
-    with tarfile.open(src, "r|gz") as tf, tarfile.open(dst, "w:gz") as out:
-        for m in tf:
-            cls = m.name.split("/")[1] if m.isfile() else None
-            if cls and seen[cls] < per_class:
-                seen[cls] += 1
-                out.addfile(m, io.BytesIO(tf.extractfile(m).read()))
-    return dst
 
 
 def tar_pixels(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -61,13 +48,14 @@ def tar_pixels(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 def accuracy(args, tmp: Path) -> dict:
     import embedstore
     import heads
+    from embedstore.ingest.images import tar_subset
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
     root = dataset_path("image", "cifar10")
-    train = cifar_slice(root / "train.tar.gz", tmp / "train.tar.gz", args.train_per_class)
-    test = cifar_slice(root / "test.tar.gz", tmp / "test.tar.gz", args.test_per_class)
+    train = tar_subset(root / "train.tar.gz", tmp / "train.tar.gz", args.train_per_class)
+    test = tar_subset(root / "test.tar.gz", tmp / "test.tar.gz", args.test_per_class)
     with embedstore.open(tmp / "store") as store:
         with timed() as t_train:
             r_train = store.ingest(train, dataset="cifar", encoder=ENCODER, progress=False)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from embedstore.encoders import get_encoder, list_encoders
-from embedstore.encoders.dna import Alphabet, fit_idf, plan_windows, reverse_complement
+from embedstore.encoders.dna import Alphabet, fit_idf, plan_windows, reverse_complement, save_random_esm
 from embedstore.errors import InputError
 from tests.conftest import DATASETS, REPO, cli, require_data
 
@@ -223,25 +223,12 @@ def test_fastq_records_and_their_defects(store, tmp_path):
 
 
 # -- hf-dna: tiny models -----------------------------------------------------------------------------------------
-NT_VOCAB = (["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"]
-            + ["".join(p) for p in itertools.product("ATCG", repeat=6)] + list("ATCGN"))
-
-
 @pytest.fixture(scope="module")
 def tiny_nt(tmp_path_factory):
     """A 1-layer, 16-wide ESM model with Nucleotide Transformer v1's tokenizer layout (6-mer tokens), whose
     context is 12 tokens: <cls> + 10 sequence tokens + <eos>."""
-    import torch
-    from transformers import EsmConfig, EsmModel, EsmTokenizer
-    d = tmp_path_factory.mktemp("tiny-nt")
-    (d / "vocab.txt").write_text("\n".join(NT_VOCAB))
-    EsmTokenizer(str(d / "vocab.txt"), model_max_length=12).save_pretrained(d)
-    torch.manual_seed(0)
-    EsmModel(EsmConfig(vocab_size=len(NT_VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=32, max_position_embeddings=14, pad_token_id=1, mask_token_id=2,
-                       position_embedding_type="absolute", token_dropout=False),
-             add_pooling_layer=False).save_pretrained(d)
-    return d
+    return save_random_esm(tmp_path_factory.mktemp("tiny-nt"), hidden=16, layers=1, heads=2, intermediate=32,
+                           context=12)
 
 
 def direct_windows(model_dir, seq: str, spans, weights, pooling: str = "mean") -> np.ndarray:

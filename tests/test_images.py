@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from embedstore.errors import EncoderUnavailableError, InputError
-from embedstore.ingest.images import Decoder, Preprocess, decode_image, from_arrays, read_idx
+from embedstore.ingest.images import Decoder, Preprocess, decode_image, from_arrays, read_idx, tar_subset
 from tests.conftest import DATASETS, cli, require_data
 
 CIFAR = DATASETS / "image" / "cifar10"
@@ -472,18 +472,6 @@ def test_efficientnet_lite0_recognises_a_cat(lite0):
     assert int(logits.argmax()) in range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
-def _cifar_slice(src: Path, dst: Path, per_class: int) -> Path:
-    """The first `per_class` images of each class, as a new tar.gz (a class-stratified slice)."""
-    seen: Counter = Counter()
-    with tarfile.open(src, "r|gz") as tf, tarfile.open(dst, "w:gz") as out:
-        for m in tf:
-            cls = m.name.split("/")[1] if m.isfile() else None
-            if cls and seen[cls] < per_class:
-                seen[cls] += 1
-                out.addfile(m, io.BytesIO(tf.extractfile(m).read()))
-    return dst
-
-
 @pytest.mark.model
 @pytest.mark.data
 def test_cifar10_slice_lite0_logreg_beats_raw_pixels(lite0, store, tmp_path):
@@ -491,8 +479,8 @@ def test_cifar10_slice_lite0_logreg_beats_raw_pixels(lite0, store, tmp_path):
     from PIL import Image
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
-    train = _cifar_slice(require_data(CIFAR / "train.tar.gz"), tmp_path / "train.tar.gz", 8)
-    test = _cifar_slice(CIFAR / "test.tar.gz", tmp_path / "test.tar.gz", 4)
+    train = tar_subset(require_data(CIFAR / "train.tar.gz"), tmp_path / "train.tar.gz", 8)
+    test = tar_subset(CIFAR / "test.tar.gz", tmp_path / "test.tar.gz", 4)
     store.ingest(train, dataset="cifar", encoder="efficientnet-lite0", progress=False)
     store.ingest(test, dataset="cifar-test", encoder="efficientnet-lite0", progress=False)
     with threadpool_limits(1):  # tiny fits: BLAS threads only contend with the encoder's on a small machine

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.encoders.base import DTYPES, Embedded, Encoder, check_options, choice, hash_files
+from embedstore.encoders.base import (DTYPES, Embedded, Encoder, check_options, choice, hash_files,
+                                      resolve_dtype)
 from embedstore.errors import EncoderUnavailableError, InputError
 from embedstore.fsutil import sha256_file
 from embedstore.ingest.hashing import content_hash
@@ -164,9 +165,7 @@ class ImageEncoder(Encoder):
 
     @property
     def dtype(self) -> str:
-        if self._want_dtype == "auto":
-            return "bfloat16" if self._device.startswith("cuda") else "float32"
-        return self._want_dtype
+        return resolve_dtype(self._want_dtype, self._device)
 
     @property
     def batch_size(self) -> int:  # type: ignore[override]

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from embedstore import config
-from embedstore.encoders.base import DTYPES, Embedded, Encoder, check_options, choice, hash_files
+from embedstore.encoders.base import (DTYPES, Embedded, Encoder, check_options, choice, hash_files,
+                                      resolve_dtype)
 from embedstore.errors import EncoderUnavailableError, InputError
 
 # Files a torch load never reads: left out of the weights hash so that they cannot change the fingerprint.
@@ -100,9 +101,7 @@ class TransformerTextEncoder(Encoder):
 
     @cached_property
     def _dtype(self) -> str:
-        if self._want_dtype == "auto":
-            return "bfloat16" if self._device.startswith("cuda") else "float32"
-        return self._want_dtype
+        return resolve_dtype(self._want_dtype, self._device)
 
     @property
     def device(self) -> str:

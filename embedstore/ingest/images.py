@@ -31,6 +31,7 @@ import tarfile
 import threading
 import warnings
 import weakref
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -347,6 +348,19 @@ def _sample_key(member: str) -> tuple[str, str]:
 def _parent_label(rel: str) -> str | None:
     parent = rel.rpartition("/")[0]
     return parent.rpartition("/")[2] or None
+
+
+def tar_subset(src: str | Path, dst: str | Path, per_label: int) -> Path:
+    """The first `per_label` files of each parent-folder label of a tar shard (plain or gzip), written as a new
+    .tar.gz: a class-stratified slice (e.g. CIFAR-10's `train/<class>/NNNN.jpg`) to try an encoder on quickly."""
+    seen: Counter = Counter()
+    with tarfile.open(src, "r|*") as tf, tarfile.open(dst, "w:gz") as out:
+        for m in tf:
+            label = _parent_label(m.name) if m.isfile() else None
+            if label and seen[label] < per_label:
+                seen[label] += 1
+                out.addfile(m, io.BytesIO(tf.extractfile(m).read()))
+    return Path(dst)
 
 
 def _tar_records(path: Path, prefix: str, source: str) -> Iterator[Record]:
