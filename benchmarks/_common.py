@@ -139,9 +139,10 @@ def git_state() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "modified": git("diff", "--name-only", "HEAD").split()}
 
 
-LIBRARY_MODULES = ("embedstore", "embedstore.store.store", "embedstore.store.features", "embedstore.search",
-                   "embedstore.index.sync", "embedstore.index.faiss_index", "embedstore.ingest.pipeline",
-                   "embedstore.ingest.sources", "embedstore.encoders.registry", "embedstore.encoders.hashing")
+LIBRARY_MODULES = ("embedstore", "embedstore.facade", "embedstore.store.database", "embedstore.store.catalog",
+                   "embedstore.features", "embedstore.search", "embedstore.index.sync", "embedstore.index.faiss_index",
+                   "embedstore.ingest.pipeline", "embedstore.ingest.cache", "embedstore.sources.tables",
+                   "embedstore.encoders.registry", "embedstore.encoders.text.hashing")
 
 
 def import_library(*extra: str) -> str:

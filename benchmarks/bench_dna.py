@@ -133,7 +133,7 @@ def gue(args) -> None:
 def tiny_lm(root: Path) -> Path:
     """An ESM model shaped like Nucleotide Transformer v1 (6-mer tokens, 1,000-token context) but small: 2 layers,
     128 wide, random weights. It measures the pipeline around a model, not a real model's speed."""
-    from embedstore.encoders.dna import save_random_esm
+    from embedstore.testing import save_random_esm
     return save_random_esm(root, hidden=128, layers=2, heads=4, intermediate=512, context=1000)
 
 
@@ -147,7 +147,7 @@ def peer_tiara(seqs: list[str]) -> None:
     """tiara's own featurisation (a Python dict of 6-mer positions, as in tiara.src.bow) + the MLP in torch."""
     import itertools
     import torch
-    from embedstore.encoders.dna import tiara_dir
+    from embedstore.encoders.hub import tiara_dir
     root = tiara_dir()
     state = torch.load(root / "nnet-models/first_nnet_kmer_6.pkl", weights_only=True)
     idf = np.load(root / "tfidf-models/k6-first-stage/model.npy")
@@ -255,7 +255,8 @@ def main() -> None:
     t = sub.add_parser("throughput")
     t.add_argument("--limit", type=int, default=2000, help="sequences per set (default 2,000)")
     args = ap.parse_args()
-    import_library("embedstore.encoders.dna", "embedstore.ingest.fasta", "heads", "heads.api")
+    import_library("embedstore.encoders.dna.kmer", "embedstore.encoders.dna.tiara", "embedstore.sources.fasta", "heads",
+                   "heads.training")
     gue(args) if args.what == "gue" else throughput(args)
 
 

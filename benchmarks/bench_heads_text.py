@@ -99,7 +99,7 @@ def refit_vs_reembed(store) -> dict:
     """Refit from cached vectors vs re-embedding the training sentences (scaled from the dev set)."""
     from embedstore.encoders import get_encoder
     with timed() as load:
-        X, y = store.features("sst2", "minilm", label="label")
+        X, y = store.features("sst2", encoder="minilm", label="label")
     out = {"n": len(y), "dim": X.shape[1], "features_load_s": load.seconds}
     for model in ("logreg", "lightgbm"):
         est = heads.estimators.make(model)
@@ -140,11 +140,11 @@ def main() -> None:
         figures["trec"] = heads.compare(store, "trec", [*ENCODERS, "+".join(ENCODERS)], MODELS, cv=args.cv,
                                         test_dataset="trec-test")
         print("SMS spam: compare", flush=True)
-        figures["sms"] = heads.compare(store, "sms", ["minilm"], MODELS, cv=args.cv, test_dataset="sms-test")
+        figures["sms"] = heads.compare(store, "sms", encoder=["minilm"], model=MODELS, cv=args.cv, test_dataset="sms-test")
         print("refit vs re-embed", flush=True)
         figures["refit"] = refit_vs_reembed(store)
         print("SST-2 learning curve", flush=True)
-        curve = heads.curve(store, "sst2", ENCODERS, sizes=(16, 64, 256, 1024, 4096), test_dataset="sst2-test")
+        curve = heads.curve(store, "sst2", encoder=ENCODERS, sizes=(16, 64, 256, 1024, 4096), test_dataset="sst2-test")
         png = curve_png(curve, RESULTS / "sst2_curve.png", "logreg on SST-2: accuracy on the test split")
         figures["curve"] = {"png": str(png.relative_to(RESULTS.parent.parent)), "rows": curve}
     for name in ("sst2", "trec", "sms"):

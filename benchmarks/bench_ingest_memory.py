@@ -124,7 +124,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(*args.child)
-    import_library("embedstore.encoders.text")
+    import_library("embedstore.encoders.text.st")
     tmp = Path(tempfile.mkdtemp(prefix="bench_ingest_memory_"))
     figures = {}
     try:

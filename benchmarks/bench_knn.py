@@ -184,9 +184,9 @@ def part_sst2(args, tmp: Path) -> dict:
             print("ingesting SST-2 train with minilm ...", flush=True)
             store.ingest(sst2_file("train.tsv", args.limit, tmp), dataset="sst2", encoder="minilm",
                          text_column="sentence", label_column="label", progress=False)
-        X, _, fs = store.features("sst2", "minilm", label=None, return_meta=True)
+        X, _, fs = store.features("sst2", encoder="minilm", label=None, return_meta=True)
         has_test = "sst2-test" in store.dataset_names()
-        Q = store.features("sst2-test", "minilm", label=None)[0] if has_test else \
+        Q = store.features("sst2-test", encoder="minilm", label=None)[0] if has_test else \
             perturbed(X, 200, np.random.default_rng(1), noise=0.3)
     return compare(path, "sst2", unit(X), fs.item_ids, {"sst2-test" if has_test else "perturbed": unit(Q)}, args,
                    goals=False)
@@ -274,7 +274,7 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=1000, help="(b) centres for --data clustered (default 1000)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    import_library("embedstore.encoders.text")
+    import_library("embedstore.encoders.text.st")
     tmp = Path(tempfile.mkdtemp(prefix="bench_knn_"))
     figures = {}
     try:

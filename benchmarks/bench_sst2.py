@@ -80,7 +80,7 @@ def run(model, store, train: Path, test: Path, slices: int) -> dict:
         clf = LogisticRegression(max_iter=2000).fit(tr["X"], tr["labels"])
     baseline_accuracy = float(accuracy_score(te["labels"], clf.predict(te["X"])))
     with timed() as hfit:
-        _, holdout = heads.fit(store, "sst2", "label", "logreg", encoder="minilm", name="sst2-lr")
+        _, holdout = heads.fit(store, "sst2", label="label", model="logreg", encoder="minilm", name="sst2-lr")
     ev = heads.evaluate(store, "sst2-lr", "sst2-test", "label")
     again = []
     for path, dataset in ((train, "sst2"), (test, "sst2-test")):
@@ -90,11 +90,11 @@ def run(model, store, train: Path, test: Path, slices: int) -> dict:
         again.append({"dataset": dataset, "rows": rep.rows, "embedded": rep.embedded, "cached": rep.cached,
                       "unchanged": rep.unchanged_items, "seconds": t.seconds})
     with timed() as load:
-        X, y = store.features("sst2", "minilm", label="label")
+        X, y = store.features("sst2", encoder="minilm", label="label")
     with timed() as lr:
         LogisticRegression(max_iter=2000).fit(X, y)
     # same model, same inputs: the store's test vectors should match the baseline's row by row
-    X_te, _, fs = store.features("sst2-test", "minilm", label=None, return_meta=True)
+    X_te, _, fs = store.features("sst2-test", encoder="minilm", label=None, return_meta=True)
     B = te["X"][[int(k.rsplit(":", 1)[1]) - 1 for k in fs.keys]]
     cos = np.sum(X_te * B, axis=1) / (np.linalg.norm(X_te, axis=1) * np.linalg.norm(B, axis=1))
     return {"slices": tr["slices"] + te["slices"], "lr_fit_s": fit.seconds, "lr_fit_cpu_s": fit.cpu,
@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--keep-store", metavar="PATH", help="build the embedstore store at PATH (new) and keep it "
                     "(bench_knn.py --store PATH reuses it); default a temp dir, deleted")
     args = ap.parse_args()
-    import_library("embedstore.encoders.text", "heads", "heads.api", "heads.persist", "heads.estimators")
+    import_library("embedstore.encoders.text.st", "heads", "heads.training", "heads.head", "heads.persist", "heads.estimators")
     import embedstore
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging

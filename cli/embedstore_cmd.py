@@ -1,59 +1,59 @@
-"""`embedstore`: ingest, search, sql, info, delete, gc, encoders, index."""
+"""`embedstore`: ingest, embed, search, sql, info, delete, gc, encoders, index, map."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from cli.common import add_store_arg, dump_json, open_store, run, table
-from embedstore.errors import InputError
+from embedstore.errors import InputError, NotFoundError
+
+from .common import (add_json_arg, add_store_arg, add_table_args, build, dump_json, inputs, open_store, rows_out,
+                     run, table, table_options)
 
 EPILOG = """examples:
   embedstore ingest train.tsv --dataset sst2 --text-column sentence --label-column label --encoder minilm
+  embedstore ingest 'data/*.csv' --dataset reviews --encoder minilm,paraphrase-l3     # several files, two encoders
+  cat notes.txt | embedstore ingest - --dataset notes --encoder minilm                # one text per line
   embedstore search --dataset sst2 --text "a warm, funny film" -k 5
-  embedstore ingest ./photos/ --dataset pets --encoder efficientnet-lite0      # label = parent folder
+  embedstore embed "a warm, funny film" --encoder minilm                              # the vector, as JSON
+  embedstore ingest ./photos/ --dataset pets --encoder efficientnet-lite0             # label = parent folder
   embedstore search --dataset pets --image query.jpg -k 10
   embedstore sql "SELECT label, count(*) FROM items WHERE dataset='sst2' GROUP BY label"
   embedstore info
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="embedstore", description="Embed data with frozen pretrained encoders into a "
-                                "local DuckDB + FAISS store; search it and query it with SQL.", epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def build_parser():
+    p, sub = build("embedstore", "Embed data with frozen pretrained encoders into a local DuckDB + FAISS store; "
+                   "search it and query it with SQL.", EPILOG)
 
-    ing = sub.add_parser("ingest", help="embed a file, directory or table into a dataset",
-                         description="Read SOURCE (CSV/TSV/JSONL/Parquet or FASTA/FASTQ, optionally .gz, or a "
-                         "directory of .txt files), embed what is not cached yet, and store items, vectors and the index. "
-                         "Re-running updates by key and embeds only changed content.")
-    ing.add_argument("source", help="file or directory to ingest")
-    ing.add_argument("--dataset", required=True, help="dataset name (letters, digits, _ - .)")
-    ing.add_argument("--encoder", required=True, help="encoder spec, e.g. minilm, st:/path, hf:/path?pooling=cls, "
-                     "hashing:256 (see `embedstore encoders`)")
-    ing.add_argument("--text-column", default="text", help="column holding the text (default: text)")
-    ing.add_argument("--sequence-column", dest="text_column", help="column holding DNA/RNA sequences (the same "
-                     "as --text-column; FASTA/FASTQ files need neither)")
-    ing.add_argument("--path-column", help="image encoders: the table column holding image file paths (relative "
-                     "to the table's folder); folders of images and tar shards (.tar, .tar.gz) need none")
-    ing.add_argument("--label-column", help="column holding the label, if any")
-    ing.add_argument("--id-column", help="column holding a unique id (default key: <file name>:<row>)")
-    ing.add_argument("--sep", help="field separator (default: tab for .tsv, comma for .csv)")
-    ing.add_argument("--quoting", choices=["auto", "none", "minimal"], default="auto",
-                     help="CSV quoting (auto: none for TSV, minimal for CSV)")
-    ing.add_argument("--no-header", dest="header", action="store_false", help="the file has no header row")
-    ing.add_argument("--columns", help="comma-separated column names (with --no-header, or to rename)")
-    ing.add_argument("--encoding", default="utf-8", help="text encoding of the file (default: utf-8)")
-    ing.add_argument("--format", choices=["csv", "tsv", "jsonl", "parquet", "dir", "fasta", "fastq"],
-                     help="input format when the suffix does not tell")
+    ing = sub.add_parser("ingest", help="embed files, a directory, a glob or stdin into a dataset",
+                         description="Read SOURCE (CSV/TSV/JSONL/Parquet, .txt with one text per line, FASTA/FASTQ, "
+                         "optionally .gz; a directory of .txt files or images; a tar shard of images; several "
+                         "files or a quoted glob; - for standard input), embed what is not cached yet, and store "
+                         "items, vectors and the index. Re-running updates by key and embeds only changed content.")
+    ing.add_argument("source", nargs="+", help="file(s), directory, quoted glob, or - (stdin)")
+    ing.add_argument("--dataset", required=True, help="dataset name (letters, digits, _ - . +)")
+    ing.add_argument("--encoder", required=True, help="encoder spec, or several comma-separated (each is ingested "
+                     "in turn), e.g. minilm, st:/path, hf:/path?pooling=cls, hashing:256 (see `embedstore encoders`)")
+    add_table_args(ing)
     ing.add_argument("--chunk-size", type=int, help="rows per transaction (default: adaptive, about 2 s of work "
                      "each; a crash loses at most the chunk in flight)")
     ing.add_argument("--quiet", action="store_true", help="no progress bar")
-    ing.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_json_arg(ing)
     add_store_arg(ing)
+
+    em = sub.add_parser("embed", help="print the vector of a text, sequence or image (cache-aware)",
+                        description="Embed INPUT(s) with an encoder and print one JSON list of floats per input "
+                        "(one line each). Vectors the store already holds for this content and encoder are read "
+                        "from it; nothing is written.")
+    em.add_argument("input", nargs="*", help="texts or sequences (- reads one per line from stdin)")
+    em.add_argument("--image", action="append", metavar="FILE", help="an image file (repeatable)")
+    em.add_argument("--encoder", required=True, help="encoder spec (see `embedstore encoders`)")
+    em.add_argument("--npy", metavar="FILE", help="also write the vectors as an [n, dim] float32 .npy file")
+    add_json_arg(em)
+    add_store_arg(em)
 
     se = sub.add_parser("search", help="nearest neighbours by text, item key or vector",
                         description="Cosine nearest neighbours within one dataset and encoder.")
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--where", help="SQL predicate over items columns, e.g. \"label = '1'\"")
     se.add_argument("--encoder", default="", help="which encoder, when the dataset has several")
     se.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    add_json_arg(se)
     add_store_arg(se)
 
     sq = sub.add_parser("sql", help="read-only SQL over the store's tables and views",
@@ -79,21 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     sq.add_argument("--out", help="write the result to this file (required for parquet)")
     sq.add_argument("--allow-writes", action="store_true", help="allow statements that modify the store")
+    add_json_arg(sq)
     add_store_arg(sq)
 
     inf = sub.add_parser("info", help="datasets, encoders, counts, index state and sizes")
-    inf.add_argument("--json", action="store_true")
+    add_json_arg(inf)
     add_store_arg(inf)
 
     de = sub.add_parser("delete", help="delete a dataset (its vectors stay until `gc`)")
     de.add_argument("--dataset", required=True)
+    add_json_arg(de)
     add_store_arg(de)
 
     gc = sub.add_parser("gc", help="delete vectors no item references and compact the database")
+    add_json_arg(gc)
     add_store_arg(gc)
 
-    enc = sub.add_parser("encoders", help="list encoder aliases and spec schemes")
-    enc.add_argument("--json", action="store_true")
+    enc = sub.add_parser("encoders", help="list encoder aliases and spec schemes (--options: their options)")
+    enc.add_argument("--options", metavar="SCHEME", help="the spec options one scheme takes, e.g. kmer")
+    add_json_arg(enc)
 
     mp = sub.add_parser("map", help="draw a 2-D projection of a dataset's vectors coloured by label (PNG)")
     mp.add_argument("--dataset", required=True)
@@ -101,12 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--label", default="label", help="colour by this column ('none' for no colours)")
     mp.add_argument("--method", choices=["pca", "umap"], default="pca", help="umap needs umap-learn installed")
     mp.add_argument("--out", default="map.png")
+    add_json_arg(mp)
     add_store_arg(mp)
 
     ix = sub.add_parser("index", help="check or rebuild a dataset's FAISS index from the database")
     ix.add_argument("--dataset", required=True)
     ix.add_argument("--encoder", default="")
     ix.add_argument("--rebuild", action="store_true", help="rebuild from the database even if it looks fine")
+    add_json_arg(ix)
     add_store_arg(ix)
     return p
 
@@ -115,7 +122,10 @@ def _read_vector(path: str):
     import numpy as np
     p = Path(path)
     if p.suffix == ".npy":
-        return np.load(p, allow_pickle=False)
+        try:
+            return np.load(p, allow_pickle=False)
+        except ValueError as e:
+            raise InputError(f"query vector file {path}: not a numeric .npy array ({e})") from None
     text = p.read_text().strip()
     try:
         return np.asarray(json.loads(text) if text.startswith("[") else text.split(), dtype=np.float32)
@@ -125,19 +135,51 @@ def _read_vector(path: str):
 
 
 def cmd_ingest(args) -> int:
-    with open_store(args, read_only=False) as store:
-        report = store.ingest(args.source, dataset=args.dataset, encoder=args.encoder,
-                              text_column=args.text_column, label_column=args.label_column,
-                              path_column=args.path_column,
-                              id_column=args.id_column, sep=args.sep, quoting=args.quoting, header=args.header,
-                              columns=args.columns.split(",") if args.columns else None,
-                              encoding=args.encoding, format=args.format, chunk_size=args.chunk_size,
-                              progress=not args.quiet)
+    from embedstore.validate import split_names
+    reports = []
+    with open_store(args, read_only=False, create=True) as store, inputs(args.source, args.format) as source:
+        for spec in split_names(args.encoder, "encoder specs"):
+            report = store.ingest(source, dataset=args.dataset, encoder=spec, **vars(table_options(args)),
+                                  chunk_size=args.chunk_size, progress=not args.quiet)
+            reports.append(report)
+            if not args.json:
+                print(report.summary())
     if args.json:
-        dump_json(report.to_dict())
-    else:
-        print(report.summary())
+        dump_json(reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports])
     return 0
+
+
+def cmd_embed(args) -> int:
+    import numpy as np
+
+    import embedstore
+    from embedstore.ingest import encode
+    texts = [line.rstrip("\r\n") for line in sys.stdin] if args.input == ["-"] else list(args.input)
+    contents = texts + [Path(f).read_bytes() for f in (args.image or [])]
+    if not contents:
+        raise InputError("nothing to embed: give texts, - (one per line on stdin) or --image FILE")
+    try:  # the store's cache where there is a store; nothing is created or written
+        store = embedstore.open(getattr(args, "store", None), read_only=True)
+    except NotFoundError:
+        store = None
+    try:
+        vectors = encode(store, contents, args.encoder)
+    finally:
+        if store is not None:
+            store.close()
+    ok = np.isfinite(vectors).all(axis=1)
+    rows = [v.tolist() if good else None for v, good in zip(vectors, ok)]
+    if args.npy:
+        np.save(args.npy, vectors, allow_pickle=False)
+    if args.json:
+        dump_json({"encoder": args.encoder, "dim": int(vectors.shape[1]), "vectors": rows})
+    else:
+        for r in rows:
+            print(json.dumps(r))
+    for i in np.flatnonzero(~ok):
+        print(f"warning: input {i + 1} was not embedded (empty, unreadable or not this encoder's modality)",
+              file=sys.stderr)
+    return 0 if ok.all() else 2
 
 
 def cmd_search(args) -> int:
@@ -145,39 +187,30 @@ def cmd_search(args) -> int:
         hits = store.search(args.dataset, Path(args.image) if args.image else args.text, k=args.k, key=args.key,
                             vector=_read_vector(args.vector) if args.vector else None, where=args.where,
                             encoder=args.encoder)
-    rows = [{"rank": i + 1, "score": h.score, "key": h.key, "label": h.label, "text": h.text}
-            for i, h in enumerate(hits)]
-    if args.format == "json":
-        dump_json(rows)
-    elif args.format == "csv":
-        import csv
-        w = csv.DictWriter(sys.stdout, fieldnames=["rank", "score", "key", "label", "text"])
-        w.writeheader()
-        w.writerows(rows)
-    else:
-        table(rows)
+    rows_out(hits.rows(), "json" if args.json else args.format, ["rank", "score", "key", "label", "text"])
     return 0
 
 
 def cmd_sql(args) -> int:
     from embedstore.sql import run_sql
-    if args.format == "parquet" and not args.out:
+    fmt = "json" if args.json else args.format
+    if fmt == "parquet" and not args.out:
         raise InputError("--format parquet needs --out FILE")
     with open_store(args, read_only=not args.allow_writes) as store:
         result = run_sql(store, args.query, allow_writes=args.allow_writes)
-    if args.format == "parquet":
+    if fmt == "parquet":
         import pyarrow.parquet as pq
         pq.write_table(result, args.out)
         print(f"wrote {result.num_rows:,} rows to {args.out}", file=sys.stderr)
         return 0
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
-        if args.format == "csv":
+        if fmt == "csv":
             import csv
             w = csv.writer(out)
             w.writerow(result.column_names)
             w.writerows(zip(*(c.to_pylist() for c in result.columns)) if result.num_rows else [])
-        elif args.format == "json":
+        elif fmt == "json":
             out.write(json.dumps(result.to_pylist(), indent=2, default=str) + "\n")
         else:
             table(result.to_pylist(), result.column_names, out)
@@ -198,8 +231,9 @@ def cmd_info(args) -> int:
           f"heads {sizes['heads'] / 1e6:.1f} MB")
     print("\ndatasets")
     table([{"dataset": d["name"], "modality": d["modality"], "items": d["items"], "ok": d["ok"],
-             "skipped": d["skipped"], "encoder": e["spec"], "fp": e["fingerprint"], "vectors": e["vectors"],
-             "index": e["index"]} for d in info["datasets"] for e in (d["encoders"] or [{}])])
+             "skipped": d["skipped"], "encoder": e.get("spec"), "fp": e.get("fingerprint"),
+             "vectors": e.get("vectors"), "index": e.get("index")}
+           for d in info["datasets"] for e in (d["encoders"] or [{}])])
     print("\nencoders")
     table(info["encoders"])
     if info["heads"]:
@@ -211,22 +245,28 @@ def cmd_info(args) -> int:
 def cmd_delete(args) -> int:
     with open_store(args, read_only=False) as store:
         out = store.delete_dataset(args.dataset)
-    print(f"deleted dataset {out['dataset']} ({out['items_deleted']:,} items); run `embedstore gc` to drop "
-          "vectors no other dataset uses")
+    if args.json:
+        dump_json(out)
+    else:
+        print(f"deleted dataset {out['dataset']} ({out['items_deleted']:,} items); run `embedstore gc` to drop "
+              "vectors no other dataset uses")
     return 0
 
 
 def cmd_gc(args) -> int:
     with open_store(args, read_only=False) as store:
         out = store.gc()
+    if args.json:
+        dump_json(out)
+        return 0
     for spec, n in out["vectors_deleted"].items():
         print(f"{spec}: deleted {n:,} unreferenced vectors")
     return 0
 
 
 def cmd_encoders(args) -> int:
-    from embedstore.encoders import list_encoders
-    rows = list_encoders()
+    from embedstore.encoders.registry import list_encoders, scheme_options
+    rows = scheme_options(args.options) if args.options else list_encoders()
     dump_json(rows) if args.json else table(rows)
     return 0
 
@@ -237,6 +277,11 @@ def cmd_index(args) -> int:
         if args.rebuild:
             store.index_path(args.dataset, record).unlink(missing_ok=True)  # its data file goes at the next save
         live = store.index(args.dataset, record)
+    out = {"dataset": args.dataset, "encoder": record.spec, "fingerprint": record.short, "factory": live.index.factory,
+           "vectors": live.index.ntotal, "origin": live.origin, "params": live.index.params}
+    if args.json:
+        dump_json(out)
+    else:
         print(f"{args.dataset} / {record.spec} (fp:{record.short}): {live.index.factory}, "
               f"{live.index.ntotal:,} vectors, {live.origin}; params {live.index.params}")
     return 0
@@ -246,21 +291,21 @@ def cmd_map(args) -> int:
     from heads.plots import map_png
     label = None if args.label == "none" else args.label
     with open_store(args, read_only=True) as store:
-        X, y = store.features(args.dataset, args.encoder, label=label)
+        X, y = store.features(args.dataset, encoder=args.encoder, label=label)
     out, used = map_png(X, y, Path(args.out), f"{args.dataset} ({args.encoder or 'encoder'}): {len(X):,} items",
                         method=args.method)
     if used != args.method:
         print("umap-learn is not installed; drew PCA instead (pip install umap-learn)", file=sys.stderr)
-    print(f"wrote {out}")
+    dump_json({"out": str(out), "method": used, "items": len(X)}) if args.json else print(f"wrote {out}")
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "sql": cmd_sql, "info": cmd_info, "delete": cmd_delete,
-            "gc": cmd_gc, "encoders": cmd_encoders, "index": cmd_index, "map": cmd_map}
+COMMANDS = {"ingest": cmd_ingest, "embed": cmd_embed, "search": cmd_search, "sql": cmd_sql, "info": cmd_info,
+            "delete": cmd_delete, "gc": cmd_gc, "encoders": cmd_encoders, "index": cmd_index, "map": cmd_map}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser, COMMANDS, argv)
+    return run(build_parser(), COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -2,36 +2,42 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from cli.common import add_store_arg, dump_json, open_store, run, table
+from embedstore.errors import InputError
+
+from .common import (add_json_arg, add_store_arg, add_table_args, build, dump_json, inputs, open_store, rows_out,
+                     run, table, table_options)
 
 EPILOG = """examples:
   heads fit --dataset sst2 --encoder minilm --label label --model logreg --name sst2-lr
   heads fit --dataset sst2 --encoder minilm --model svm --search --budget 60 --dev-dataset sst2-dev
   heads eval --head sst2-lr --dataset sst2-test --label label
   heads predict --head sst2-lr new.tsv --text-column sentence --out preds.csv
-  heads compare --dataset trec --encoders minilm,paraphrase-l3,minilm+paraphrase-l3 --test-dataset trec-test
+  echo "a warm, funny film" | heads predict --head sst2-lr -
+  heads compare --dataset trec --encoder minilm,paraphrase-l3,minilm+paraphrase-l3 --test-dataset trec-test
   heads zero-shot --dataset pets --encoder clip:ViT-B-32@laion2b_s34b_b79k --labels "cat,dog"
   heads curve --dataset sst2 --encoder minilm --test-dataset sst2-test --out curve.png
   heads list
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _label_arg(sp) -> None:
+    sp.add_argument("--label", "--label-column", dest="label", default="label",
+                    help="label column: 'label' or the name given to the ingest's --label-column, or another column "
+                    "kept in the items' metadata (default: label)")
+
+
+def build_parser():
     from heads.estimators import MODELS
-    p = argparse.ArgumentParser(prog="heads", description="Fit classical heads on cached embeddings in seconds: "
-                                "no encoder runs for fit/eval/compare/curve/list.", epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p, sub = build("heads", "Fit classical heads on cached embeddings in seconds: no encoder runs for "
+                   "fit/eval/compare/curve/list.", EPILOG)
     models_help = "; ".join(f"{k} ({m.task}): {m.help}" for k, m in MODELS.items())
 
-    def data_args(sp: argparse.ArgumentParser) -> None:
+    def data_args(sp) -> None:
         sp.add_argument("--dataset", required=True, help="training dataset")
-        sp.add_argument("--label", default="label", help="label column: 'label' (the ingest's --label-column) or "
-                        "another column kept in the items' metadata")
+        _label_arg(sp)
 
     f = sub.add_parser("fit", help="fit a head on a dataset's cached vectors and save it in the store")
     data_args(f)
@@ -48,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--budget", type=float, help="seconds the search may spend (default: the whole grid)")
     f.add_argument("--dev-dataset", help="score (and search) on this dataset instead of splitting the training set")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--json", action="store_true")
+    add_json_arg(f)
     add_store_arg(f)
 
     e = sub.add_parser("eval", help="score a saved head on another dataset's cached vectors",
@@ -56,25 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "confusion-matrix PNG to <store>/heads/<head>/eval/<dataset>/ (or --report-dir).")
     e.add_argument("--head", required=True)
     e.add_argument("--dataset", required=True)
-    e.add_argument("--label", default="label")
+    _label_arg(e)
     e.add_argument("--report-dir", help="where to write metrics.json and confusion.png")
-    e.add_argument("--json", action="store_true")
+    add_json_arg(e)
     add_store_arg(e)
 
     pr = sub.add_parser("predict", help="predict for new raw inputs (embeds them with the head's encoder)",
-                        description="Embed INPUT with the head's own encoder (through the store's cache, so "
-                        "repeated inputs are not re-embedded) and write predictions as CSV.")
-    pr.add_argument("input", help="CSV/TSV/JSONL/Parquet file or directory of .txt files (image heads: a folder "
-                    "of images, a tar shard, or a table with --path-column)")
+                        description="Read INPUT as `embedstore ingest` reads it (tables, .txt with one text per "
+                        "line, FASTA/FASTQ, image folders and tar shards, several files or a glob, - for stdin), "
+                        "embed it with the head's own encoder (vectors the store holds for the same content are "
+                        "reused; nothing is written) and write key, input, prediction, skip reason and class "
+                        "probabilities as CSV (or JSON).")
+    pr.add_argument("input", nargs="+", help="file(s), directory, quoted glob, or - (stdin)")
     pr.add_argument("--head", required=True)
-    pr.add_argument("--text-column", default="text")
-    pr.add_argument("--path-column", help="image heads: the table column of image file paths")
-    pr.add_argument("--id-column")
-    pr.add_argument("--sep")
-    pr.add_argument("--encoding", default="utf-8")
-    pr.add_argument("--out", help="output CSV (default: stdout)")
-    pr.add_argument("--no-cache", action="store_true",
-                    help="open the store read-only: new vectors are not saved (works during an ingest)")
+    add_table_args(pr, labels=False)
+    pr.add_argument("--out", help="output file (default: stdout)")
+    add_json_arg(pr)
     add_store_arg(pr)
 
     c = sub.add_parser("compare", help="rank encoders x models under one CV protocol",
@@ -82,31 +85,37 @@ def build_parser() -> argparse.ArgumentParser:
                        "combination is scored with the same folds on the same items; with --test-dataset each is "
                        "also scored once on it. Reads cached vectors only.")
     data_args(c)
-    c.add_argument("--encoders", required=True, help="comma-separated specs as ingested, e.g. minilm,b,minilm+b")
-    c.add_argument("--models", default="logreg,svm,knn,mlp,lightgbm", help="comma-separated (default: %(default)s)")
+    c.add_argument("--encoder", "--encoders", dest="encoder", required=True,
+                   help="one spec or several comma-separated, as ingested, e.g. minilm,b,minilm+b")
+    c.add_argument("--model", "--models", dest="model", default="logreg,svm,knn,mlp,lightgbm",
+                   help=f"one model or several comma-separated (default: %(default)s); available: {', '.join(MODELS)}")
     c.add_argument("--cv", type=int, default=5)
     c.add_argument("--test-dataset")
     c.add_argument("--group-column")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    add_json_arg(c)
     add_store_arg(c)
 
     cu = sub.add_parser("curve", help="accuracy vs number of labelled examples, as a PNG and a table",
                         description="How many labels do I need? Fits the head on stratified subsamples "
                         "(several seeds for small sizes) and scores each on the test dataset (or a 20%% hold-out).")
     data_args(cu)
-    cu.add_argument("--encoder", required=True, help="one spec, or several comma-separated (one line each)")
-    cu.add_argument("--model", default="logreg")
+    cu.add_argument("--encoder", "--encoders", dest="encoder", required=True,
+                    help="one spec, or several comma-separated (one line each)")
+    cu.add_argument("--model", default="logreg", choices=[k for k, m in MODELS.items() if m.task == "classification"])
     cu.add_argument("--sizes", default="16,64,256,1024", help="training sizes; 'all' is always added")
     cu.add_argument("--test-dataset")
     cu.add_argument("--repeats", type=int, default=3)
     cu.add_argument("--out", default="curve.png", help="PNG path (default: %(default)s)")
     cu.add_argument("--seed", type=int, default=0)
+    add_json_arg(cu)
     add_store_arg(cu)
 
     ex = sub.add_parser("export", help="write a self-contained, checksummed head directory")
     ex.add_argument("--head", required=True)
     ex.add_argument("--out", required=True, help="directory to create (heads.load_dir reads it)")
+    add_json_arg(ex)
     add_store_arg(ex)
 
     z = sub.add_parser("zero-shot", help="label images with a CLIP encoder's text tower, no training",
@@ -121,11 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "\"a photo of a {}.\")")
     z.add_argument("--label", default="label", help="column to score against ('none' to skip scoring)")
     z.add_argument("--out", help="write key, prediction and per-label probabilities as CSV")
-    z.add_argument("--json", action="store_true")
+    add_json_arg(z)
     add_store_arg(z)
 
     ls = sub.add_parser("list", help="saved heads with their metrics")
-    ls.add_argument("--json", action="store_true")
+    add_json_arg(ls)
     add_store_arg(ls)
     return p
 
@@ -141,7 +150,7 @@ def cmd_fit(args) -> int:
     import heads
     from heads.estimators import parse_params
     with open_store(args, read_only=False) as store:
-        head, scores = heads.fit(store, args.dataset, label=args.label, model=args.model, encoder=args.encoder,
+        head, scores = heads.fit(store, args.dataset, encoder=args.encoder, label=args.label, model=args.model,
                                  name=args.name, params=parse_params(args.param), cv=args.cv,
                                  test_size=args.test_size, seed=args.seed, group=args.group_column,
                                  search_params=args.search, budget=args.budget, dev_dataset=args.dev_dataset)
@@ -162,14 +171,18 @@ def cmd_fit(args) -> int:
 
 def cmd_eval(args) -> int:
     import heads
+    from embedstore.store.layout import heads_root
     with open_store(args, read_only=True) as store:
-        report = Path(args.report_dir) if args.report_dir else store.path / "heads" / args.head / "eval" / args.dataset
+        report = Path(args.report_dir) if args.report_dir else heads_root(store.path) / args.head / "eval" / args.dataset
         m = heads.evaluate(store, args.head, args.dataset, label=args.label, report_dir=report)
     if args.json:
         dump_json(m)
     else:
         print(f"head {m['head']} on {m['dataset']} (n={m['n']:,})")
         _print_metrics(m)
+        if m.get("per_class"):
+            print()
+            table(m["per_class"])
         print(f"report: {report}", file=sys.stderr)
     if m["overlap_with_training"]:
         print(f"warning: {m['overlap_with_training']:,} of {m['n']:,} evaluation items have the same content as "
@@ -181,27 +194,36 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     import csv
+    import json
+
     import heads
     from embedstore.encoders import get_encoder
-    from embedstore.ingest.sources import TableOptions, open_source
-    with open_store(args, read_only=args.no_cache) as store:
+    from embedstore.sources import open_source
+    with open_store(args, read_only=True) as store, inputs(args.input, args.format) as source:
         head = heads.load(store, args.head)
-        opts = TableOptions(text_column=args.text_column, id_column=args.id_column, sep=args.sep,
-                            encoding=args.encoding, path_column=args.path_column)
-        records = list(open_source(args.input, opts, modality=get_encoder(head.meta["encoders"][0]).modality))
-        X, reasons = head.embed([r.content or "" for r in records], no_cache=args.no_cache)
-        pred = head.predict_features(X)
-        proba = head.predict_proba_features(X) if head.task != "regression" else None
-    classes = [str(c) for c in head.classes_]
+        modality = get_encoder(head.meta["encoders"][0]).modality
+        records = list(open_source(source, table_options(args), modality=modality))
+        X, reasons = head.embed([r.content if r.reason is None else None for r in records])
+        pred = head.predict(X)
+        proba = head.predict_proba(X) if head.task != "regression" else None
+    classes = [str(c) for c in head.classes_] if proba is not None else []
+    rows = []
+    for i, r in enumerate(records):
+        why = r.reason or reasons[i]
+        shown = r.content if isinstance(r.content, str) else (r.meta or {}).get("path", r.key)
+        value = None if why else ("|".join(pred[i]) if head.task == "multilabel" else pred[i])
+        rows.append({"key": r.key, "input": shown, "prediction": None if value is None else str(value) if
+                     head.task != "regression" else float(value), "skipped": why or "",
+                     **{f"p_{c}": (None if why else float(proba[i, j])) for j, c in enumerate(classes)}})
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
-        w = csv.writer(out)
-        w.writerow(["key", "prediction", "skipped"] + [f"p_{c}" for c in classes if proba is not None])
-        for i, r in enumerate(records):
-            why = r.reason or reasons[i]
-            value = "" if why else ("|".join(pred[i]) if head.task == "multilabel" else pred[i])
-            probs = [] if proba is None else (["" for _ in classes] if why else [f"{v:.6f}" for v in proba[i]])
-            w.writerow([r.key, value, why or ""] + probs)
+        if args.json:
+            out.write(json.dumps(rows, indent=2) + "\n")
+        else:
+            w = csv.DictWriter(out, fieldnames=["key", "input", "prediction", "skipped", *[f"p_{c}" for c in classes]])
+            w.writeheader()
+            w.writerows({k: (f"{v:.6f}" if k.startswith("p_") and v is not None else "" if v is None else v)
+                         for k, v in row.items()} for row in rows)
     finally:
         if args.out:
             out.close()
@@ -213,32 +235,25 @@ def cmd_predict(args) -> int:
 def cmd_compare(args) -> int:
     import heads
     with open_store(args, read_only=True) as store:
-        rows = heads.compare(store, args.dataset, [e.strip() for e in args.encoders.split(",")],
-                             [m.strip() for m in args.models.split(",")], label=args.label, cv=args.cv,
-                             seed=args.seed, test_dataset=args.test_dataset, group=args.group_column)
-    if args.format == "json":
-        dump_json(rows)
-    elif args.format == "csv":
-        import csv
-        w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    else:
-        table(rows, ["rank", *[k for k in rows[0] if k != "rank"]])
+        rows = heads.compare(store, args.dataset, encoder=args.encoder, label=args.label, model=args.model,
+                             cv=args.cv, seed=args.seed, test_dataset=args.test_dataset, group=args.group_column)
+    rows_out(rows, "json" if args.json else args.format, ["rank", *[k for k in rows[0] if k != "rank"]])
     return 0
 
 
 def cmd_curve(args) -> int:
     import heads
     from heads.plots import curve_png
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip() and s.strip() != "all"]
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip() and s.strip() != "all"]
+    except ValueError:
+        raise InputError(f"--sizes takes comma-separated whole numbers (and 'all'), not {args.sizes!r}") from None
     with open_store(args, read_only=True) as store:
-        rows = heads.curve(store, args.dataset, [e.strip() for e in args.encoder.split(",")], label=args.label,
-                           model=args.model, sizes=sizes, test_dataset=args.test_dataset, repeats=args.repeats,
-                           seed=args.seed)
+        rows = heads.curve(store, args.dataset, encoder=args.encoder, label=args.label, model=args.model,
+                           sizes=sizes, test_dataset=args.test_dataset, repeats=args.repeats, seed=args.seed)
     where = args.test_dataset or "a 20% hold-out"
     curve_png(rows, Path(args.out), f"{args.model} on {args.dataset}: accuracy on {where}")
-    table(rows)
+    dump_json(rows) if args.json else table(rows)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
@@ -278,7 +293,10 @@ def cmd_export(args) -> int:
     import heads
     with open_store(args, read_only=True) as store:
         out = heads.export(store, args.head, args.out)
-    print(f"exported head {args.head} to {out} (load with heads.load_dir)")
+    if args.json:
+        dump_json({"head": args.head, "out": str(out)})
+    else:
+        print(f"exported head {args.head} to {out} (load with heads.load_dir)")
     return 0
 
 
@@ -295,7 +313,7 @@ COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "predict": cmd_predict, "compare":
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser, COMMANDS, argv)
+    return run(build_parser(), COMMANDS, argv)
 
 
 if __name__ == "__main__":

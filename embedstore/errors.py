@@ -72,7 +72,8 @@ def resource_errors_as_clear() -> Iterator[None]:
             raise DiskFullError(f"out of disk space ({detail}). Nothing committed before it is lost; free space "
                                 "(or raise the file-size limit) and rerun the same command (an ingest resumes "
                                 "where it stopped)") from e
-        if type(e).__name__ == "OutOfMemoryException":  # duckdb's, matched by name: no duckdb import here
+        if type(e).__name__ == "OutOfMemoryException" or (  # duckdb's, matched by name: no duckdb import here
+                type(e).__module__.startswith("_duckdb") and "could not allocate block" in str(e)):
             raise MemoryLimitError(f"DuckDB reached its memory limit ({detail}). Large stores need more: DuckDB "
                                    "keeps each table's key index in memory (about 15 MB per 100,000 items and "
                                    "encoder). Raise EMBEDSTORE_DUCKDB_MEMORY (e.g. 2GB) and rerun the same command "

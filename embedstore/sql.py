@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Sequence
 import duckdb
 import pyarrow as pa
 
-from embedstore.errors import InputError
-from embedstore.store.db import arrow_table
+from embedstore.errors import EmbedstoreError, InputError
+from embedstore.store.queries import arrow_table
 
 if TYPE_CHECKING:
-    from embedstore.store.store import Store
+    from embedstore.store.database import Database
 
 READ_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 # EXPLAIN [ANALYZE | (options)] <statement>, after any leading comments; ANALYZE runs <statement>
@@ -56,14 +56,14 @@ def check_read_only(query: str) -> None:
         _check_statement(st)
 
 
-def run_sql(store: "Store", query: str, params: Sequence | None = None, allow_writes: bool = False) -> pa.Table:
+def run_sql(db: "Database", query: str, params: Sequence | None = None, allow_writes: bool = False) -> pa.Table:
     """Run `query` and return its result as an Arrow table (the last statement's, when there are several)."""
     if not allow_writes:
         check_read_only(query)
-    elif store.read_only:
+    elif db.read_only:
         raise InputError("--allow-writes needs a store opened for writing")
     stmts = duckdb.extract_statements(query)
-    with store.connect() as con:
+    with db.connect() as con:
         try:
             for st in stmts[:-1]:
                 con.execute(st).fetchall()
@@ -75,3 +75,14 @@ def run_sql(store: "Store", query: str, params: Sequence | None = None, allow_wr
             raise InputError(f"SQL failed: {e}. Tables: items, datasets, encoders, heads, the embeddings view "
                              "and emb_<fingerprint16> tables (`embedstore sql \"SHOW TABLES\"`)") from None
         return pa.table({"result": [str(r) for r in rows]})
+
+
+def run_sql_frame(db: "Database", query: str, params: Sequence | None = None):
+    """`store.sql`: the result as a polars DataFrame."""
+    table = run_sql(db, query, params)
+    try:
+        import polars
+    except ImportError:
+        raise EmbedstoreError("store.sql returns a polars DataFrame: pip install polars "
+                              "(or use embedstore.sql.run_sql for an Arrow table)") from None
+    return polars.from_arrow(table)

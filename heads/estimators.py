@@ -26,7 +26,7 @@ from embedstore.errors import InputError
 NORMALIZE = ("l2", "standard", "none")
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -34,6 +34,14 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _probabilities(z: np.ndarray) -> np.ndarray:
+    """Class probabilities from decision values: one column (binary) through the sigmoid, else a softmax."""
+    if z.shape[1] == 1:
+        p = _sigmoid(z[:, 0])
+        return np.column_stack([1 - p, p])
+    return softmax(z)
 
 
 class _Head(BaseEstimator):
@@ -116,11 +124,7 @@ class LogisticHead(_Linear):
         return self
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
-        z = self._decision(X)
-        if z.shape[1] == 1:
-            p = _sigmoid(z[:, 0])
-            return np.column_stack([1 - p, p])
-        return _softmax(z)
+        return _probabilities(self._decision(X))
 
 
 class LinearSVMHead(_Linear):
@@ -242,11 +246,7 @@ class MLPHead(_Classifier):
         return self
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
-        z = _mlp_forward(X, self.coefs_, self.intercepts_)
-        if z.shape[1] == 1:
-            p = _sigmoid(z[:, 0])
-            return np.column_stack([1 - p, p])
-        return _softmax(z)
+        return _probabilities(_mlp_forward(X, self.coefs_, self.intercepts_))
 
 
 @lru_cache(maxsize=8)

@@ -31,7 +31,7 @@ import numpy as np
 from embedstore.errors import CorruptFileError
 from embedstore.faults import fault_point
 from embedstore.fsutil import fsync_dir, make_dir
-from embedstore.store.store import head_dir
+from embedstore.store.layout import head_dir, heads_root
 
 MODEL_FILES = ("head.json", "model.json", "model.npz", "train_hashes.npy")
 
@@ -87,9 +87,10 @@ def _write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_head_dir(root: Path, name: str, meta: dict, model: Any, train_hashes: list[str]) -> str:
-    """Write a new version of head `name` (see the module docstring); returns its manifest checksum."""
-    parent = root / name
+def write_head_dir(store: Path, name: str, meta: dict, model: Any, train_hashes: list[str]) -> str:
+    """Write a new version of head `name` in the store directory `store` (see the module docstring); returns its
+    manifest checksum."""
+    parent = heads_root(store) / name
     make_dir(parent)
     tmp = parent / f".head.tmp.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -107,7 +108,7 @@ def write_head_dir(root: Path, name: str, meta: dict, model: Any, train_hashes: 
     fsync_dir(tmp)
     fault_point("head.save.before_rename")
     checksum = hashlib.sha256(manifest).hexdigest()
-    final = head_dir(root, name, checksum)
+    final = head_dir(store, name, checksum)
     if final.exists():  # the very same head was saved before (and verified on load)
         shutil.rmtree(tmp)
     else:

@@ -14,11 +14,16 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from embedstore.errors import FingerprintMismatchError, InputError
-from embedstore.store.features import column_expr, load_features
+from embedstore.encoders import get_encoder
+from embedstore.errors import InputError
+from embedstore.features import column_expr, label_column, load_features
+from embedstore.ingest.cache import check_fingerprint
+from embedstore.store import catalog
+from heads.estimators import softmax
+from heads.select import score
 
 if TYPE_CHECKING:
-    from embedstore.store.store import Store
+    from embedstore.store.database import Database
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -40,36 +45,28 @@ def prompt_vectors(enc, labels: Sequence[str], templates: Sequence[str]) -> np.n
     return T / np.maximum(np.linalg.norm(T, axis=1, keepdims=True), 1e-12)
 
 
-def zero_shot(store: "Store", dataset: str, labels: Sequence[str], *, encoder: str = "",
+def zero_shot(db: "Database", dataset: str, labels: Sequence[str], *, encoder: str = "",
               templates: Sequence[str] = DEFAULT_TEMPLATES, label: str | None = "label") -> ZeroShotResult:
     """Label every item of `dataset` with one of `labels` by its CLIP image vector (see the module docstring)."""
-    from embedstore.encoders import get_encoder
-    from heads.select import score
     labels = [str(x).strip() for x in labels if str(x).strip()]
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise InputError(f"zero-shot needs two or more distinct labels, found {labels}")
     bad = [t for t in templates if "{}" not in t]
     if bad:
         raise InputError(f"each template needs a {{}} where the label goes, e.g. 'a photo of a {{}}.'; found {bad}")
-    record = store.resolve_encoder(encoder, dataset)
+    record = catalog.resolve_encoder(db, encoder, dataset)
     enc = get_encoder(record.spec)
     if not hasattr(enc, "embed_text"):
         raise InputError(f"zero-shot labels need an encoder with a text tower (clip:...); {record.spec} has none")
-    if enc.fingerprint != record.fingerprint:
-        raise FingerprintMismatchError(
-            f"encoder {record.spec!r} now has fingerprint {enc.fingerprint[:12]}, but the stored vectors were made "
-            f"with {record.short}; re-ingest with the current encoder")
-    fs = load_features(store, dataset, [record], None)
+    check_fingerprint(enc, record.fingerprint)
+    fs = load_features(db, dataset, [record], None)
     X = fs.X / np.maximum(np.linalg.norm(fs.X, axis=1, keepdims=True), 1e-12)
-    logits = enc.logit_scale * (X @ prompt_vectors(enc, labels, templates).T)
-    logits -= logits.max(axis=1, keepdims=True)
-    proba = np.exp(logits)
-    proba /= proba.sum(axis=1, keepdims=True)
+    proba = softmax(enc.logit_scale * (X @ prompt_vectors(enc, labels, templates).T))
     pred = np.asarray(labels, dtype=object)[proba.argmax(axis=1)]
     metrics, unmatched = None, 0
     if label:
-        expr, params = column_expr(label)
-        with store.connect() as con:
+        with db.connect() as con:
+            expr, params = column_expr(label, label_column(con, dataset))
             truth = dict(con.execute(f"SELECT i.key, {expr} FROM items i WHERE i.dataset = ? AND i.status = 'ok' "
                                      f"AND {expr} IS NOT NULL", [*params, dataset, *params]).fetchall())
         y = [truth.get(k) for k in fs.keys]

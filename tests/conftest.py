@@ -39,7 +39,7 @@ def cli(*args: str, store: Path | None = None, check: bool = True, env: dict | N
         timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `embedstore ...` or `heads ...` as a user would (a new process)."""
     prog, *rest = args
-    module = {"embedstore": "cli.embedstore_cmd", "heads": "cli.heads_cmd"}[prog]
+    module = {"embedstore": "embedstore.cli.embedstore_cmd", "heads": "embedstore.cli.heads_cmd"}[prog]
     cmd = [sys.executable, "-m", module, *rest] + (["--store", str(store)] if store else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                           env={**os.environ, **(env or {})})

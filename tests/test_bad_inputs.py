@@ -139,7 +139,7 @@ def test_bad_text_input_has_its_documented_outcome(case, store, tmp_path):
     assert_all_vectors_finite(store)
     n_ok = sum(o == "ok" for o, _ in outcome.values())
     if n_ok:
-        X, _ = store.features("d", ENC, label=None)
+        X, _ = store.features("d", encoder=ENC, label=None)
         assert X.shape == (n_ok, 32) and np.isfinite(X).all()
 
 

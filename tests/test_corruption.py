@@ -58,7 +58,7 @@ def test_damaged_index_is_detected_and_rebuilt(filled, target, how):
         assert live.origin == ("new" if (target, how) == ("sidecar", "delete") else "rebuilt")
         assert live.index.ntotal == 300
         assert [p.name for p in side.parent.glob("*.faiss")] == [json.loads(side.read_text())["file"]]
-        X, _ = store.features("c", ENC, label=None)
+        X, _ = store.features("c", encoder=ENC, label=None)
         q = X[7]
         hits = store.search("c", vector=q, k=5)
         np.testing.assert_allclose([h.score for h in hits], np.sort(X @ q)[::-1][:5], rtol=1e-4, atol=1e-5)
@@ -68,7 +68,7 @@ def test_damaged_index_is_detected_and_rebuilt(filled, target, how):
 
 @pytest.fixture
 def fitted(filled):
-    head, _ = heads.fit(filled, "c", "label", "logreg", encoder=ENC, name="h")
+    head, _ = heads.fit(filled, "c", label="label", model="logreg", encoder=ENC, name="h")
     return filled, head
 
 

@@ -35,7 +35,7 @@ def make_rows(path: Path, n: int, seed: int = 0) -> Path:
 
 
 def start_ingest(src: Path, store: Path, chunk: int = 2000) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cli.embedstore_cmd", "ingest", str(src), "--dataset", "d",
+    return subprocess.Popen([sys.executable, "-m", "embedstore.cli.embedstore_cmd", "ingest", str(src), "--dataset", "d",
                              "--encoder", ENC, "--label-column", "label", "--quiet", "--chunk-size", str(chunk),
                              "--store", str(store)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -159,7 +159,7 @@ def test_a_query_is_let_in_between_batches_of_a_fast_ingest(tmp_path):
     store = tmp_path / "store"
     cli("embedstore", "ingest", str(src), "--dataset", "d", "--encoder", ENC, "--label-column", "label", "--quiet",
         store=store)
-    proc = subprocess.Popen([sys.executable, "-m", "cli.embedstore_cmd", "ingest", str(src), "--dataset", "e",
+    proc = subprocess.Popen([sys.executable, "-m", "embedstore.cli.embedstore_cmd", "ingest", str(src), "--dataset", "e",
                              "--encoder", ENC, "--label-column", "label", "--quiet", "--chunk-size", "2000",
                              "--store", str(store)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # every vector is cached: batches run back to back
@@ -189,7 +189,7 @@ def test_a_long_lived_reader_follows_what_writers_commit(tmp_path):
             store=store)
 
     def check(reader, query: str) -> list[str]:
-        X, _, fs = reader.features("d", ENC, label=None, return_meta=True)
+        X, _, fs = reader.features("d", encoder=ENC, label=None, return_meta=True)
         q = embedstore.encoders.get_encoder(ENC).embed([query]).vectors[0]
         hits = reader.search("d", vector=q, k=3)
         np.testing.assert_allclose([h.score for h in hits], np.sort(X @ q)[::-1][:3], rtol=1e-4, atol=1e-5)

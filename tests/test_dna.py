@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 
 from embedstore.encoders import get_encoder, list_encoders
-from embedstore.encoders.dna import Alphabet, fit_idf, plan_windows, reverse_complement, save_random_esm
+from embedstore.encoders.dna.alphabet import Alphabet, reverse_complement
+from embedstore.encoders.dna.kmer import fit_idf
+from embedstore.encoders.dna.windows import plan_windows
+from embedstore.testing import save_random_esm
 from embedstore.errors import InputError
 from tests.conftest import DATASETS, REPO, cli, require_data
 
@@ -43,7 +46,7 @@ def items(store, dataset):
     ({}, "", None, "empty sequence"),
 ])
 def test_alphabet_policy(options, seq, normalised, reason):
-    a = Alphabet.from_options("test", options)
+    a = Alphabet(**{"softmask": "upper", "ambiguous": "mask", **options})
     if reason:
         assert re.match(reason, a.check(seq) or ""), a.check(seq)
     else:
@@ -55,7 +58,7 @@ def test_policy_enters_the_fingerprint_and_options_are_checked():
     assert get_encoder("kmer:3?softmask=mask").fingerprint != base.fingerprint
     assert get_encoder("kmer:3?ambiguous=reject").fingerprint != base.fingerprint
     assert get_encoder("kmer:3?ambiguous=mask").fingerprint == base.fingerprint  # the default, spelled out
-    with pytest.raises(InputError, match="ambiguous must be one of mask, keep, reject, not 'drop'"):
+    with pytest.raises(InputError, match=r"option ambiguous takes <mask\|keep\|reject>, not 'drop'"):
         get_encoder("kmer:3?ambiguous=drop")
     with pytest.raises(InputError, match=r"unknown option\(s\) \['pooling'\]"):
         get_encoder("kmer:3?pooling=cls")
@@ -200,7 +203,7 @@ def test_fasta_gzip_duplicates_labels_and_bad_characters(store, tmp_path):
     assert any("invalid character '1' at position 5" in line for line in r.summary().splitlines())
     # RNA and soft-masked input: the content is stored as read, the vector is that of the normalised DNA
     assert rows["rna"]["text"] == "acguuu"
-    X, _ = store.features("genes", "kmer:2", label=None)
+    X, _ = store.features("genes", encoder="kmer:2", label=None)
     direct = get_encoder("kmer:2").embed(["ACGTTT"]).vectors
     assert any(np.allclose(x, direct[0]) for x in X)
 
@@ -431,7 +434,7 @@ def test_gue_prom_slice_kmer_logreg_learns(store):
         r = store.ingest(rows, dataset=f"prom-{split}", encoder="kmer:4", text_column="sequence",
                          label_column="label", progress=False)
         assert r.embedded == rows["sequence"].nunique() and not r.skipped
-    heads.fit(store, "prom-train", "label", "logreg", encoder="kmer:4", name="prom-lr")
+    heads.fit(store, "prom-train", label="label", model="logreg", encoder="kmer:4", name="prom-lr")
     assert heads.evaluate(store, "prom-lr", "prom-test")["mcc"] > 0.3
 
 
@@ -472,7 +475,7 @@ def test_heads_fit_on_kmer_plus_tiara(tiara, store):
     rows = [{"sequence": s, "label": y} for ss, y in ((gc_rich, "gc"), (at_rich, "at")) for s in ss]
     for enc in ("kmer:3", "tiara"):
         store.ingest(rows, dataset="toy", encoder=enc, text_column="sequence", label_column="label", progress=False)
-    head, metrics = heads.fit(store, "toy", "label", "logreg", encoder="kmer:3+tiara", name="toy", cv=2)
+    head, metrics = heads.fit(store, "toy", label="label", model="logreg", encoder="kmer:3+tiara", name="toy", cv=2)
     assert head.meta["dim"] == 64 + 1024 and metrics["accuracy"] > 0.9
 
 

@@ -44,7 +44,7 @@ def write_part(path: Path, part: int, n: int = PART) -> Path:
 
 
 def ingest_cmd(src: Path, store: Path, chunk: int = 250) -> list[str]:
-    return [sys.executable, "-m", "cli.embedstore_cmd", "ingest", str(src), "--dataset", "d", "--encoder", ENC,
+    return [sys.executable, "-m", "embedstore.cli.embedstore_cmd", "ingest", str(src), "--dataset", "d", "--encoder", ENC,
             "--id-column", "id", "--label-column", "label", "--quiet", "--chunk-size", str(chunk),
             "--store", str(store)]
 
@@ -146,7 +146,7 @@ def test_kill_9_at_every_ingest_fault_point_and_at_random_times(tmp_path):
         rec = s.resolve_encoder(ENC, "d")
         live = s.index("d", rec)
         assert live.index.ntotal == len(final)
-        X, _ = s.features("d", ENC, label=None)
+        X, _ = s.features("d", encoder=ENC, label=None)
         with s.connect() as con:
             keys = con.execute("SELECT key FROM items WHERE dataset='d' AND status='ok' ORDER BY item_id").fetchall()
         q = X[123]
@@ -159,7 +159,7 @@ def test_kill_9_at_every_ingest_fault_point_and_at_random_times(tmp_path):
 
 
 def fit_cmd(store: Path, model: str) -> list[str]:
-    return [sys.executable, "-m", "cli.heads_cmd", "fit", "--dataset", "d", "--encoder", ENC, "--label", "label",
+    return [sys.executable, "-m", "embedstore.cli.heads_cmd", "fit", "--dataset", "d", "--encoder", ENC, "--label", "label",
             "--model", model, "--name", "h", "--store", str(store)]
 
 
@@ -176,15 +176,15 @@ def small_store(tmp_path) -> Path:
 def test_kill_9_while_saving_a_head_keeps_a_loadable_head(small_store, point, expect):
     store = small_store
     with embedstore.open(store) as s:
-        old, _ = heads.fit(s, "d", "label", "logreg", encoder=ENC, name="h")
-        X, _ = s.features("d", ENC, label=None)
-        before = old.predict_features(X)
+        old, _ = heads.fit(s, "d", label="label", model="logreg", encoder=ENC, name="h")
+        X, _ = s.features("d", encoder=ENC, label=None)
+        before = old.predict(X)
     run_with_fault(fit_cmd(store, "knn"), point)
     with embedstore.open(store) as s:
         head = heads.load(s, "h")  # checksums verified against the row
         assert head.meta["model"] == ("logreg" if expect == "old" else "knn")
         if expect == "old":
-            np.testing.assert_array_equal(head.predict_features(X), before)
+            np.testing.assert_array_equal(head.predict(X), before)
         removed = s.gc()["leftover_files_removed"]
         assert removed > 0, "the killed save left files that gc should remove"
         assert [p.name for p in (store / "heads" / "h").iterdir() if p.name.startswith(("head.", ".head"))] == \
@@ -196,7 +196,7 @@ def test_kill_9_while_saving_a_head_keeps_a_loadable_head(small_store, point, ex
 @pytest.mark.parametrize("point", ["delete.before_commit", "delete.after_commit", "gc.before_commit"])
 def test_kill_9_during_delete_and_gc(small_store, point):
     store = small_store
-    cmd = [sys.executable, "-m", "cli.embedstore_cmd", "delete" if point.startswith("delete") else "gc",
+    cmd = [sys.executable, "-m", "embedstore.cli.embedstore_cmd", "delete" if point.startswith("delete") else "gc",
            *(["--dataset", "d"] if point.startswith("delete") else []), "--store", str(store)]
     with embedstore.open(store) as s:
         s.ingest(write_part(store.parent / "q.tsv", 1, 300), dataset="other", encoder=ENC, id_column="id",

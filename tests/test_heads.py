@@ -11,7 +11,7 @@ import pytest
 
 import heads
 from embedstore.errors import CorruptFileError, FingerprintMismatchError, InputError
-from embedstore.store.store import head_dir
+from embedstore.store.layout import head_dir
 from tests.conftest import REPO
 
 ENC = "hashing:64"
@@ -38,40 +38,40 @@ def trained(store):
 
 @pytest.mark.parametrize("model", ["logreg", "svm", "knn", "mlp", "lightgbm"])
 def test_fit_eval_predict_roundtrip(trained, model):
-    head, scores = heads.fit(trained, "train", "label", model, encoder=ENC, name="h")
+    head, scores = heads.fit(trained, "train", label="label", model=model, encoder=ENC, name="h")
     assert scores["accuracy"] > 0.9 and set(scores) >= {"accuracy", "macro_f1", "mcc"}
     m = heads.evaluate(trained, "h", "test")
     assert m["accuracy"] > 0.9 and m["overlap_with_training"] == 0
     assert heads.evaluate(trained, "h", "train")["overlap_with_training"] == 300
-    X, _ = trained.features("test", ENC)
+    X, _ = trained.features("test", encoder=ENC)
     reloaded = heads.load(trained, "h")
-    assert np.array_equal(reloaded.predict_proba_features(X), head.predict_proba_features(X))
-    assert reloaded.predict(["superb lovely film", "awful boring plot", "  "]) == ["pos", "neg", None]
+    assert np.array_equal(reloaded.predict_proba(X), head.predict_proba(X))
+    assert reloaded.predict_raw(["superb lovely film", "awful boring plot", "  "]) == ["pos", "neg", None]
     assert [h["name"] for h in heads.list_heads(trained)] == ["h"]
 
 
 def test_cv_scores_are_deterministic_under_a_seed(trained):
-    _, a = heads.fit(trained, "train", "label", "logreg", cv=3, seed=7, name="a")
-    _, b = heads.fit(trained, "train", "label", "logreg", cv=3, seed=7, name="b")
+    _, a = heads.fit(trained, "train", label="label", model="logreg", cv=3, seed=7, name="a")
+    _, b = heads.fit(trained, "train", label="label", model="logreg", cv=3, seed=7, name="b")
     assert {k: v for k, v in a.items() if k != "fit_seconds"} == {k: v for k, v in b.items() if k != "fit_seconds"}
 
 
 def test_dimension_and_fingerprint_refusals(trained):
-    head, _ = heads.fit(trained, "train", "label", "logreg", name="h")
+    head, _ = heads.fit(trained, "train", label="label", model="logreg", name="h")
     with pytest.raises(InputError, match="X has 5 features, but head 'h' expects 64"):
-        head.predict_features(np.zeros((2, 5)))
+        head.predict(np.zeros((2, 5)))
     trained.ingest(reviews(50, 2), dataset="other", encoder="hashing:64?ngram=1", progress=False)
-    X, _ = trained.features("other", "hashing:64?ngram=1", label=None)
+    X, _ = trained.features("other", encoder="hashing:64?ngram=1", label=None)
     other_fp = trained.resolve_encoder("hashing:64?ngram=1").fingerprint
     with pytest.raises(FingerprintMismatchError, match="trained on"):
-        head.predict_features(X, fingerprints=[other_fp])
+        head.predict(X, fingerprints=[other_fp])
     with pytest.raises(Exception, match="dataset 'other' has no vectors of encoder 'hashing:64'"):
         heads.evaluate(trained, "h", "other")
 
 
 @pytest.mark.parametrize("victim", ["model.npz", "model.json", "head.json", "manifest.json", "train_hashes.npy"])
 def test_tampered_head_is_refused(trained, victim):
-    head, _ = heads.fit(trained, "train", "label", "logreg", name="h")
+    head, _ = heads.fit(trained, "train", label="label", model="logreg", name="h")
     path = head.path / victim
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -83,7 +83,7 @@ def test_tampered_head_is_refused(trained, victim):
 def test_a_pickle_in_place_of_a_head_is_never_unpickled(trained, tmp_path):
     import hashlib
     import pickle
-    d = heads.fit(trained, "train", "label", "logreg", name="h")[0].path
+    d = heads.fit(trained, "train", label="label", model="logreg", name="h")[0].path
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -95,7 +95,7 @@ def test_a_pickle_in_place_of_a_head_is_never_unpickled(trained, tmp_path):
     manifest = json.dumps({"files": files}, indent=2, sort_keys=True).encode()
     (d / "manifest.json").write_bytes(manifest)
     forged = hashlib.sha256(manifest).hexdigest()
-    d.rename(head_dir(trained.path / "heads", "h", forged))
+    d.rename(head_dir(trained.path, "h", forged))
     with trained.connect() as con:
         con.execute("UPDATE heads SET checksum = ? WHERE name = 'h'", [forged])
     with pytest.raises(CorruptFileError, match="model files are unreadable"):
@@ -104,12 +104,12 @@ def test_a_pickle_in_place_of_a_head_is_never_unpickled(trained, tmp_path):
 
 
 def test_fit_eval_list_never_import_torch(trained):
-    heads.fit(trained, "train", "label", "logreg", name="h")
+    heads.fit(trained, "train", label="label", model="logreg", name="h")
     path = trained.path
     trained.close()
     code = (f"import sys, embedstore, heads; s = embedstore.open({str(path)!r}); "
-            "heads.fit(s, 'train', 'label', 'lightgbm', name='g'); heads.evaluate(s, 'h', 'test'); "
-            "heads.list_heads(s); s.sql('SELECT 1'); s.features('train', 'hashing:64'); "
+            "heads.fit(s, 'train', label='label', model='lightgbm', name='g'); heads.evaluate(s, 'h', 'test'); "
+            "heads.list_heads(s); s.sql('SELECT 1'); s.features('train', encoder='hashing:64'); "
             "print('torch' in sys.modules, 'sentence_transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False False"
@@ -117,8 +117,8 @@ def test_fit_eval_list_never_import_torch(trained):
 
 def test_bad_fit_requests(trained):
     with pytest.raises(InputError, match="unknown model 'forest'; available: logreg, svm, knn, mlp, lightgbm"):
-        heads.fit(trained, "train", "label", "forest")
+        heads.fit(trained, "train", label="label", model="forest")
     with pytest.raises(Exception, match="no items with a 'nolabel' label"):
-        heads.fit(trained, "train", "nolabel", "logreg")
+        heads.fit(trained, "train", label="nolabel", model="logreg")
     with pytest.raises(Exception, match="no head 'missing'"):
         heads.load(trained, "missing")

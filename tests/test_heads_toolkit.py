@@ -65,16 +65,16 @@ def test_regression_and_multilabel_heads_through_the_store(store):
         rows.append({"text": " ".join(picked) + f" {i}", "score": float(len(picked[0])), "tags": picked})
     store.ingest(rows, dataset="r", encoder="hashing:64", label_column="score", progress=False)
     store.ingest(rows, dataset="m", encoder="hashing:64", label_column="tags", progress=False)
-    head, scores = heads.fit(store, "r", "label", "ridge", name="reg", cv=3)
+    head, scores = heads.fit(store, "r", label="label", model="ridge", name="reg", cv=3)
     assert scores["r2"] > 0.5 and set(scores) >= {"r2", "mae", "rmse"}
     assert head.task == "regression" and heads.evaluate(store, "reg", "r")["r2"] > 0.5
-    head, scores = heads.fit(store, "m", "label", "multilabel", name="ml", cv=3)
+    head, scores = heads.fit(store, "m", label="label", model="multilabel", name="ml", cv=3)
     assert head.meta["classes"] == sorted(words) and scores["micro_f1"] > 0.8
-    pred = heads.load(store, "ml").predict(["alpha gamma"])
+    pred = heads.load(store, "ml").predict_raw(["alpha gamma"])
     assert set(pred[0]) <= set(words) and "alpha" in pred[0]
     with pytest.raises(InputError, match="must be numeric"):
         store.ingest(reviews(20, 0), dataset="bad", encoder="hashing:64", label_column="label", progress=False)
-        heads.fit(store, "bad", "label", "ridge")
+        heads.fit(store, "bad", label="label", model="ridge")
 
 
 def test_grouped_cv_keeps_groups_together_and_search_respects_budget():
@@ -100,7 +100,7 @@ def two_encoders(store):
 
 def test_compare_ranks_every_encoder_and_model_under_one_protocol(two_encoders):
     encs = ["hashing:32", "hashing:64?ngram=1", "hashing:32+hashing:64?ngram=1"]
-    rows = heads.compare(two_encoders, "train", encs, ["logreg", "knn", "lightgbm"], cv=3, test_dataset="test")
+    rows = heads.compare(two_encoders, "train", encoder=encs, model=["logreg", "knn", "lightgbm"], cv=3, test_dataset="test")
     assert len(rows) == 9 and [r["rank"] for r in rows] == list(range(1, 10))
     assert {r["dim"] for r in rows} == {32, 64, 96}
     primary = [r["cv_macro_f1"] for r in rows]  # ranked on the training folds, never on test
@@ -110,7 +110,7 @@ def test_compare_ranks_every_encoder_and_model_under_one_protocol(two_encoders):
 
 
 def test_search_on_dev_and_eval_report(two_encoders, tmp_path):
-    head, scores = heads.fit(two_encoders, "train", "label", "svm", encoder="hashing:32", name="svm",
+    head, scores = heads.fit(two_encoders, "train", label="label", model="svm", encoder="hashing:32", name="svm",
                              search_params=True, dev_dataset="test")
     assert scores["protocol"] == "dev dataset test" and len(head.meta["search"]) == 6
     m = heads.evaluate(two_encoders, "svm", "test", report_dir=tmp_path / "report")
@@ -131,19 +131,19 @@ def test_curve_cli_writes_png_and_table(two_encoders, tmp_path):
     from PIL import Image
     with Image.open(out) as im:
         assert im.size == (715, 495)
-    rows = heads.curve(__import__("embedstore").open(path, read_only=True), "train", ["hashing:32"],
+    rows = heads.curve(__import__("embedstore").open(path, read_only=True), "train", encoder=["hashing:32"],
                        sizes=(16, 64), test_dataset="test")
     assert [r["n_train"] for r in rows] == [16, 64, 300] and rows[-1]["repeats"] == 1
 
 
 def test_export_and_load_dir(two_encoders, tmp_path):
-    head, _ = heads.fit(two_encoders, "train", "label", "mlp", encoder="hashing:32", name="m")
+    head, _ = heads.fit(two_encoders, "train", label="label", model="mlp", encoder="hashing:32", name="m")
     dest = heads.export(two_encoders, "m", tmp_path / "exported")
     loaded = heads.load_dir(dest)
-    X, _ = two_encoders.features("test", "hashing:32")
-    np.testing.assert_array_equal(loaded.predict_features(X), head.predict_features(X))
+    X, _ = two_encoders.features("test", encoder="hashing:32")
+    np.testing.assert_array_equal(loaded.predict(X), head.predict(X))
     with pytest.raises(InputError, match="loaded without a store"):
-        loaded.predict(["raw text"])
+        loaded.predict_raw(["raw text"])
     (dest / "model.npz").write_bytes(b"tampered")
     with pytest.raises(CorruptFileError):
         heads.load_dir(dest)
@@ -161,18 +161,18 @@ def test_map_png(two_encoders, tmp_path):
 
 def test_test_size_zero_fits_once_on_all_rows(two_encoders, monkeypatch):
     """The fastest refit: no hold-out score, one fit; the model equals the final model of a scored fit."""
-    import heads.api
+    import heads.training
     import heads.select
     fits = []
-    real = heads.api.make
-    for module in (heads.api, heads.select):  # the hold-out fit is made in select, the final one in api
+    real = heads.training.make
+    for module in (heads.training, heads.select):  # the hold-out fit is made in select, the final one in training
         monkeypatch.setattr(module, "make", lambda *a, **k: fits.append(a) or real(*a, **k))
-    scored, s1 = heads.fit(two_encoders, "train", "label", "logreg", encoder="hashing:32", name="a")
+    scored, s1 = heads.fit(two_encoders, "train", label="label", model="logreg", encoder="hashing:32", name="a")
     n_scored = len(fits)
-    quick, s0 = heads.fit(two_encoders, "train", "label", "logreg", encoder="hashing:32", name="b", test_size=0)
+    quick, s0 = heads.fit(two_encoders, "train", label="label", model="logreg", encoder="hashing:32", name="b", test_size=0)
     assert n_scored == 2 and len(fits) - n_scored == 1
     assert "accuracy" in s1 and "accuracy" not in s0 and s0["protocol"].startswith("none")
-    X, _ = two_encoders.features("test", "hashing:32", label=None)
-    assert (quick.predict_features(X) == scored.predict_features(X)).all()
+    X, _ = two_encoders.features("test", encoder="hashing:32", label=None)
+    assert (quick.predict(X) == scored.predict(X)).all()
     with pytest.raises(Exception, match="search needs a score"):
-        heads.fit(two_encoders, "train", "label", "logreg", encoder="hashing:32", test_size=0, search_params=True)
+        heads.fit(two_encoders, "train", label="label", model="logreg", encoder="hashing:32", test_size=0, search_params=True)

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from embedstore.errors import EncoderUnavailableError, InputError
-from embedstore.ingest.images import Decoder, Preprocess, decode_image, from_arrays, read_idx, tar_subset
+from embedstore.media.images import Preprocess, decode_image
+from embedstore.media.workers import Decoder
+from embedstore.sources.images import from_arrays, read_idx, tar_subset
 from tests.conftest import DATASETS, cli, require_data
 
 CIFAR = DATASETS / "image" / "cifar10"
@@ -366,7 +368,7 @@ def test_clip_text_to_image_search_and_zero_shot(models, photos, store):
     assert enc.fingerprint == record.fingerprint and record.dim == enc.dim == 32  # loaded back through the spec
     assert enc.embed_text(["a red photo", "a blue photo"]).shape == (2, 32)  # both towers share one space
 
-    X, _, fs = store.features("clip", spec, label=None, return_meta=True)
+    X, _, fs = store.features("clip", encoder=spec, label=None, return_meta=True)
     assert np.allclose(np.linalg.norm(X, axis=1), 1, atol=1e-5)
     q = enc.embed_text(["a photo of something red"])[0]
     want = [fs.keys[i] for i in np.argsort(-(X @ q), kind="stable")[:5]]
@@ -434,7 +436,7 @@ def test_clear_errors_for_missing_weights_and_bad_specs(models, vit, store, phot
 
 
 def test_positional_mapping_checks_count_and_shapes():
-    from embedstore.encoders.image import map_by_position
+    from embedstore.encoders.image.weights import map_by_position
     model = {"a.w": np.zeros((2, 3)), "b.w": np.zeros(4)}
     assert list(map_by_position(model, {"x": np.ones((2, 3)), "y": np.ones(4)}, "t")) == ["a.w", "b.w"]
     with pytest.raises(EncoderUnavailableError, match="the model has 2, the file 1"):
@@ -467,7 +469,7 @@ def test_efficientnet_lite0_recognises_a_cat(lite0):
     photo = Path(skimage.__file__).parent / "data" / "chelsea.png"  # a real photo of a cat, shipped by scikit-image
     v = lite0.embed([photo.read_bytes()]).vectors
     assert v.shape == (1, 1280)
-    sd = torch.load(lite0.options["weights"], map_location="cpu", weights_only=True)
+    sd = torch.load(lite0.opts["weights"], map_location="cpu", weights_only=True)
     logits = v @ sd["_fc.weight"].numpy().T + sd["_fc.bias"].numpy()  # the package's own ImageNet classifier
     assert int(logits.argmax()) in range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 

@@ -22,7 +22,7 @@ def corpus(n: int, seed: int = 0) -> list[dict]:
 
 
 def exact(store, dataset, q, mask=None):
-    X, y, fs = store.features(dataset, ENC, label="label", return_meta=True)
+    X, y, fs = store.features(dataset, encoder=ENC, label="label", return_meta=True)
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     s = Xn @ (q / np.linalg.norm(q))
     if mask is not None:
@@ -102,7 +102,7 @@ def test_large_dataset_gets_a_tuned_ivf_index(store, monkeypatch):
     for _ in range(20):
         q = rng.normal(size=32).astype(np.float32)
         got = {h.item_id for h in store.search("c", vector=q, k=10)}
-        X, _, fs = store.features("c", ENC, label="label", return_meta=True)
+        X, _, fs = store.features("c", encoder=ENC, label="label", return_meta=True)
         s = (X / np.linalg.norm(X, axis=1, keepdims=True)) @ (q / np.linalg.norm(q))
         kth = np.sort(s)[::-1][9]
         truth = set(fs.item_ids[s >= kth - 1e-6])  # ties at the 10th score count as correct

@@ -61,7 +61,7 @@ def test_empty_and_whitespace_text_are_skipped_with_reason(store, tmp_path):
     assert r.skipped == {"empty or whitespace-only text": 2}
     rows = items(store, "d")
     assert [x["status"] for x in rows] == ["ok", "skipped", "skipped"]
-    X, _ = store.features("d", ENC, label=None)
+    X, _ = store.features("d", encoder=ENC, label=None)
     assert X.shape == (1, 64) and np.isfinite(X).all()
 
 
@@ -144,14 +144,14 @@ def test_features_concatenation_and_label_from_metadata(store, tmp_path):
     rows = [{"text": f"text number {i}", "label": i % 2, "topic": "t" + str(i % 3)} for i in range(30)]
     store.ingest(rows, dataset="d", encoder="hashing:16", label_column="label", progress=False)
     store.ingest(rows, dataset="d", encoder="hashing:32", label_column="label", progress=False)
-    X, y = store.features("d", "hashing:16+hashing:32", label="label")
-    a, _ = store.features("d", "hashing:16")
-    b, _ = store.features("d", "hashing:32")
+    X, y = store.features("d", encoder="hashing:16+hashing:32", label="label")
+    a, _ = store.features("d", encoder="hashing:16")
+    b, _ = store.features("d", encoder="hashing:32")
     assert X.shape == (30, 48) and np.array_equal(X, np.hstack([a, b]))
-    _, topic = store.features("d", "hashing:16", label="topic")
+    _, topic = store.features("d", encoder="hashing:16", label="topic")
     assert sorted(set(topic)) == ["t0", "t1", "t2"]
     with pytest.raises(InputError, match="2 encoders"):
-        store.features("d", "", label="label")
+        store.features("d", encoder="", label="label")
 
 
 def test_wide_vectors_fit_in_the_default_duckdb_memory_limit(store):

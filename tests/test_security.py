@@ -50,7 +50,7 @@ class CreatesFile:
 def head(store):
     """A small fitted head 'h'; returns (store, the directory holding its model files)."""
     store.ingest(reviews(60, 0), dataset="train", encoder=ENC, label_column="label", progress=False)
-    heads.fit(store, "train", "label", "logreg", name="h", cv=2)
+    heads.fit(store, "train", label="label", model="logreg", name="h", cv=2)
     return store, head_files_dir(store, "h")
 
 
@@ -152,13 +152,13 @@ def test_head_names_cannot_leave_the_store_at_fit(head, name, tmp_path):
         return {p for p in tmp_path.rglob("*") if not p.name.endswith(".wal")}
     before = files()
     with pytest.raises(InputError, match=r"head name .* is not allowed"):
-        heads.fit(store, "train", "label", "logreg", name=name)
+        heads.fit(store, "train", label="label", model="logreg", name=name)
     assert files() == before  # nothing written anywhere
 
 
 def test_names_with_dots_dashes_and_plus_are_fine(head):
     store, _ = head
-    fitted, _ = heads.fit(store, "train", "label", "logreg", name="sst2-logreg-minilm+paraphrase-l3.v2")
+    fitted, _ = heads.fit(store, "train", label="label", model="logreg", name="sst2-logreg-minilm+paraphrase-l3.v2")
     assert fitted.path.parent == store.path / "heads" / "sst2-logreg-minilm+paraphrase-l3.v2"
     assert heads.load(store, "sst2-logreg-minilm+paraphrase-l3.v2").name == fitted.name
 
@@ -195,7 +195,7 @@ RISKY = {"torch.load", "numpy.load", "pickle.load", "pickle.loads", "_pickle.loa
          "torch.jit.load", "shelve.open", "marshal.load", "marshal.loads"}
 # The one sanctioned unpickling: image decoding workers and their parent exchange messages over a private pipe
 # (never a file or user input). Any other use fails the scan below.
-ALLOWED = {("embedstore/ingest/images.py", "_receive", "pickle.loads")}
+ALLOWED = {("embedstore/media/workers.py", "_receive", "pickle.loads")}
 
 
 def _risky_calls(path: Path) -> list[tuple[str, str, str, ast.Call]]:
@@ -331,7 +331,7 @@ def require_tiara() -> Path:
     import importlib.util
     if importlib.util.find_spec("tiara") is None:
         pytest.skip("needs PyPI tiara==1.0.2 (the set-up command installs it with --no-deps)")
-    from embedstore.encoders.dna import tiara_dir
+    from embedstore.encoders.hub import tiara_dir
     return tiara_dir()
 
 
@@ -352,7 +352,7 @@ def test_a_code_running_tiara_file_is_refused_without_running(victim, tmp_path):
     import torch
     src = require_tiara()
     from embedstore.encoders import get_encoder
-    from embedstore.encoders.dna import TiaraEncoder
+    from embedstore.encoders.dna.tiara import TiaraEncoder
     models = tmp_path / "tiara"
     for f in TiaraEncoder.FILES:
         (models / f).parent.mkdir(parents=True, exist_ok=True)
@@ -371,7 +371,7 @@ def test_a_code_running_tiara_file_is_refused_without_running(victim, tmp_path):
 
 def test_a_code_running_image_checkpoint_is_refused_without_running(tmp_path):
     import torch
-    from embedstore.encoders.image import read_state_dict
+    from embedstore.encoders.image.weights import read_state_dict
     marker = tmp_path / "code-ran"
     torch.save({"conv.weight": CreatesFile(marker)}, tmp_path / "evil.pth")
     with pytest.raises(EncoderUnavailableError, match=r"cannot read weights .*evil.pth: UnpicklingError"):

@@ -27,7 +27,7 @@ def test_views_and_cosine_in_sql(store):
         SELECT ib.key, array_cosine_similarity(a.vector, b.vector) AS cos
         FROM items ia JOIN {rec.table} a USING (content_hash), items ib JOIN {rec.table} b USING (content_hash)
         WHERE ia.key = 'python:1' AND ib.dataset = 'd' ORDER BY ib.key""")
-    X, _ = store.features("d", "hashing:32", label=None)
+    X, _ = store.features("d", encoder="hashing:32", label=None)
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     np.testing.assert_allclose(df["cos"].to_numpy(), Xn @ Xn[0], rtol=1e-5, atol=1e-6)
     view = store.sql("SELECT key, encoder, len(vector) AS dim FROM embeddings ORDER BY key").to_dicts()

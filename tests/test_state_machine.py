@@ -254,14 +254,14 @@ class StoreMachine(RuleBasedStateMachine):
         name = f"h-{dataset}-{ENCODERS.index(spec)}"
         with warnings.catch_warnings():  # sklearn: "least populated class has only 1 member" (a third label)
             warnings.simplefilter("ignore", UserWarning)
-            head, _ = heads.fit(self.store, dataset, "label", "logreg", encoder=spec, name=name, cv=2)
+            head, _ = heads.fit(self.store, dataset, label="label", model="logreg", encoder=spec, name=name, cv=2)
         fp = self.store.resolve_encoder(spec).fingerprint
         assert head.meta["n_train"] == len(members)
         assert head.meta["classes"] == sorted(counts)
         assert head.fingerprints == [fp]
-        X, y = self.store.features(dataset, spec, label="label")
+        X, y = self.store.features(dataset, encoder=spec, label="label")
         assert X.shape == (len(members), 32) and sorted(y.tolist()) == sorted(lab for _, lab in members.values())
-        assert set(head.predict_features(X)) <= set(counts)
+        assert set(head.predict(X)) <= set(counts)
         self.heads[name] = (len(members), sorted(counts), fp)
 
     @rule(data=st.data(), fresh_process=st.booleans())

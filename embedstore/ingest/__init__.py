@@ -1,6 +1,7 @@
-"""Ingest: sources -> hashes -> cache -> encoder -> store -> index."""
+"""Ingest: sources -> hashes -> cache -> encoder -> one transaction per chunk -> index (pipeline.py); the cache
+every read path shares (cache.py); the progress bar (progress.py)."""
 
+from embedstore.ingest.cache import check_fingerprint, embed_cached, encode
 from embedstore.ingest.pipeline import IngestReport, ingest
-from embedstore.ingest.sources import Record, TableOptions, open_source
 
-__all__ = ["IngestReport", "Record", "TableOptions", "ingest", "open_source"]
+__all__ = ["IngestReport", "check_fingerprint", "embed_cached", "encode", "ingest"]

@@ -1,5 +1,2 @@
-"""The store: DuckDB (source of truth) + derived FAISS indexes + saved heads, in one directory."""
-
-from embedstore.store.store import EncoderRecord, Store, open
-
-__all__ = ["EncoderRecord", "Store", "open"]
+"""The bottom layer: the database handle (database.py), its schema and migrations (schema.py), the catalog of
+datasets and encoders (catalog.py), the on-disk layout (layout.py) and DuckDB query helpers (queries.py)."""

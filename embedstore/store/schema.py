@@ -71,8 +71,12 @@ CREATE TABLE heads (
 
 Migration = tuple[str, "str | Callable[[duckdb.DuckDBPyConnection], None]"]
 
+# the column a dataset's labels were ingested from (`--label-column score`), so `--label score` finds them
+M002_LABEL_COLUMN = "ALTER TABLE datasets ADD COLUMN label_column VARCHAR"
+
 MIGRATIONS: list[Migration] = [
     ("m001_initial", M001_INITIAL),
+    ("m002_label_column", M002_LABEL_COLUMN),
 ]
 
 

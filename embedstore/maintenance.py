@@ -10,32 +10,32 @@ from typing import TYPE_CHECKING
 from embedstore.errors import NotFoundError, resource_errors_as_clear
 from embedstore.faults import fault_point
 from embedstore.fsutil import remove_other_versions
-from embedstore.store.db import first, scalar
+from embedstore.index import sync
+from embedstore.store import catalog, layout
+from embedstore.store.queries import first, scalar
 from embedstore.store.schema import refresh_views
-from embedstore.store.store import head_dir
 
 if TYPE_CHECKING:
-    from embedstore.store.store import Store
+    from embedstore.store.database import Database
 
 
 def _dir_size(path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def info(store: "Store") -> dict:
+def info(db: "Database") -> dict:
     """Datasets (items by status, labels), encoders (vectors, dim), indexes (state) and sizes."""
-    from embedstore.index.sync import db_state
-    out: dict = {"path": str(store.path), "datasets": [], "encoders": [], "heads": []}
-    with store.connect() as con:
+    out: dict = {"path": str(db.path), "datasets": [], "encoders": [], "heads": []}
+    with db.connect() as con:
         for name, modality, created in con.execute(
                 "SELECT name, modality, created FROM datasets ORDER BY name").fetchall():
             counts = dict(con.execute("SELECT status, count(*) FROM items WHERE dataset=? GROUP BY status",
                                       [name]).fetchall())
             ds = {"name": name, "modality": modality, "created": str(created), "items": sum(counts.values()),
                   "ok": counts.get("ok", 0), "skipped": counts.get("skipped", 0), "encoders": []}
-            for rec in store.encoder_records(name):
-                state = db_state(con, name, rec)
-                side = store.index_path(name, rec)
+            for rec in catalog.encoder_records(db, name):
+                state = sync.db_state(con, name, rec)
+                side = db.index_path(name, rec)
                 index = "missing (built on next use)"
                 if side.exists():
                     try:
@@ -57,38 +57,36 @@ def info(store: "Store") -> dict:
                                     "dim": dim, "vectors": n, "computed_on": devices or ""})
         out["heads"] = [{"name": n, "encoder": e, "dataset": d, "model": m} for n, e, d, m in con.execute(
             "SELECT name, encoder, dataset, model FROM heads ORDER BY name").fetchall()]
-    out["size_bytes"] = {"database": store.db_path.stat().st_size + (
-        store.db_path.with_name(store.db_path.name + ".wal").stat().st_size
-        if store.db_path.with_name(store.db_path.name + ".wal").exists() else 0),
-        "indexes": _dir_size(store.path / "indexes"), "heads": _dir_size(store.path / "heads")}
+    out["size_bytes"] = {"database": db.db_path.stat().st_size + (
+        db.db_path.with_name(db.db_path.name + ".wal").stat().st_size
+        if db.db_path.with_name(db.db_path.name + ".wal").exists() else 0),
+        "indexes": _dir_size(layout.indexes_root(db.path)), "heads": _dir_size(layout.heads_root(db.path))}
     return out
 
 
 @resource_errors_as_clear()
-def delete_dataset(store: "Store", name: str) -> dict:
+def delete_dataset(db: "Database", name: str) -> dict:
     """Remove a dataset's items, encoder links and index files; vectors stay until `gc` (other datasets may
     share them)."""
-    store._require_writable()
-    with store.transaction() as con:
+    with db.transaction() as con:
         if not scalar(con, "SELECT count(*) FROM datasets WHERE name=?", [name]):
-            raise NotFoundError(f"no dataset {name!r}; datasets: {store.dataset_names() or 'none'}")
+            raise NotFoundError(f"no dataset {name!r}; datasets: {catalog.dataset_names(db) or 'none'}")
         n = scalar(con, "SELECT count(*) FROM items WHERE dataset=?", [name])
         con.execute("DELETE FROM items WHERE dataset=?", [name])
         con.execute("DELETE FROM dataset_encoders WHERE dataset=?", [name])
         con.execute("DELETE FROM datasets WHERE name=?", [name])
         fault_point("delete.before_commit")
     fault_point("delete.after_commit")
-    store.forget_indexes(name)
-    shutil.rmtree(store.path / "indexes" / name, ignore_errors=True)
+    sync.forget(db, name)
+    shutil.rmtree(layout.indexes_root(db.path) / name, ignore_errors=True)
     return {"dataset": name, "items_deleted": n}
 
 
 @resource_errors_as_clear()
-def gc(store: "Store") -> dict:
+def gc(db: "Database") -> dict:
     """Delete vectors no item references (per encoder), then compact the database file."""
-    store._require_writable()
     removed = {}
-    with store.transaction() as con:
+    with db.transaction() as con:
         for fp, spec, table in con.execute("SELECT fingerprint, spec, table_name FROM encoders").fetchall():
             n = scalar(con, f"SELECT count(*) FROM {table} e WHERE NOT EXISTS "
                             "(SELECT 1 FROM items i WHERE i.content_hash = e.content_hash)")
@@ -98,18 +96,18 @@ def gc(store: "Store") -> dict:
             removed[spec] = n
         refresh_views(con)
         fault_point("gc.before_commit")
-    with store.connect() as con:
+    with db.connect() as con:
         con.execute("CHECKPOINT")
         datasets = {r[0] for r in con.execute("SELECT name FROM datasets").fetchall()}
         heads = dict(con.execute("SELECT name, checksum FROM heads").fetchall())
-    return {"vectors_deleted": removed, "leftover_files_removed": _remove_leftovers(store, datasets, heads)}
+    return {"vectors_deleted": removed, "leftover_files_removed": _remove_leftovers(db, datasets, heads)}
 
 
-def _remove_leftovers(store: "Store", datasets: set[str], heads: dict[str, str]) -> int:
+def _remove_leftovers(db: "Database", datasets: set[str], heads: dict[str, str]) -> int:
     """Files no database row or sidecar names: a deleted dataset's indexes, superseded index and head versions,
     and temporary files of a writer that was killed (we hold the writer lock, so none is still writing)."""
-    before = _count_files(store.path / "indexes") + _count_files(store.path / "heads")
-    for d in _subdirs(store.path / "indexes"):
+    before = _count_files(layout.indexes_root(db.path)) + _count_files(layout.heads_root(db.path))
+    for d in _subdirs(layout.indexes_root(db.path)):
         if d.name not in datasets:
             shutil.rmtree(d, ignore_errors=True)
             continue
@@ -122,12 +120,12 @@ def _remove_leftovers(store: "Store", datasets: set[str], heads: dict[str, str])
         for f in d.iterdir():
             if f.suffix == ".faiss" and f.name not in named or ".tmp." in f.name:
                 f.unlink(missing_ok=True)
-    for d in _subdirs(store.path / "heads"):
+    for d in _subdirs(layout.heads_root(db.path)):
         if d.name not in heads:
             shutil.rmtree(d, ignore_errors=True)
         else:
-            remove_other_versions(d, "head", "", keep=head_dir(d.parent, d.name, heads[d.name]).name)
-    return before - _count_files(store.path / "indexes") - _count_files(store.path / "heads")
+            remove_other_versions(d, "head", "", keep=layout.head_dir(db.path, d.name, heads[d.name]).name)
+    return before - _count_files(layout.indexes_root(db.path)) - _count_files(layout.heads_root(db.path))
 
 
 def _subdirs(path: Path) -> list[Path]:

@@ -1,70 +1,30 @@
-"""Readers: every source becomes a stream of Records (key, content, label, meta) in source order.
+"""Tables and text: CSV/TSV/JSONL/Parquet files, one-text-per-line .txt files, folders of .txt files,
+DataFrames and Python rows, as Records in source order.
 
-Tables (CSV/TSV/JSONL/Parquet, DataFrames, iterables of dicts) key rows by `--id-column`, else
-`<file name>:<row>` (data rows counted from 1); files of a directory are keyed by their path relative to it and
-labelled by their parent folder when they sit in one. Nothing here embeds or normalises.
+Rows are keyed by `--id-column`, else `<file name>:<row>` (data rows counted from 1); files of a directory are
+keyed by their path relative to it and labelled by their parent folder when they sit in one. Nothing here embeds
+or normalises.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
-import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from embedstore.errors import InputError
+from embedstore.sources.lines import count_lines, decoded_lines
+from embedstore.sources.records import Record, Source, TableOptions
 
 csv.field_size_limit(sys.maxsize)
 
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-                  ".parquet": "parquet", ".pq": "parquet"}
-
-
-@dataclass
-class Record:
-    key: str
-    content: Any                    # str for text; None when the row could not be read
-    label: str | None = None
-    meta: dict | None = None
-    source: str | None = None
-    reason: str | None = None       # why the row is skipped (recorded with the item)
-
-
-@dataclass
-class TableOptions:
-    text_column: str = "text"
-    label_column: str | None = None
-    id_column: str | None = None
-    sep: str | None = None          # default from the suffix: tab for .tsv, comma for .csv
-    quoting: str = "auto"           # auto (none for TSV, minimal for CSV) | none | minimal
-    header: bool = True
-    columns: list[str] | None = None
-    encoding: str = "utf-8"
-    format: str | None = None       # csv | tsv | jsonl | parquet | dir | fasta | fastq; default from the path
-    path_column: str | None = None  # images: the column of file paths (or encoded bytes), read instead of text
-
-    @property
-    def content(self) -> tuple[str, str]:
-        """(what, column) holding each row's content: the path column for images, else the text column."""
-        return ("path", self.path_column) if self.path_column else ("text", self.text_column)
-
-
-@dataclass
-class Source:
-    """An iterable of Records with a name (items' `source`) and, when cheap to know, the row count."""
-
-    name: str
-    records: Iterable[Record]
-    total: int | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def __iter__(self) -> Iterator[Record]:
-        return iter(self.records)
+                  ".parquet": "parquet", ".pq": "parquet", ".txt": "lines"}
+# every --format value a reader knows (fasta/fastq: sources/fasta.py; dir: a folder of .txt files)
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "lines", "dir", "fasta", "fastq")
 
 
 # -- rows -> records -----------------------------------------------------------------------------------------
@@ -113,50 +73,6 @@ class _RowMapper:
                       self.name, reason)
 
 
-# -- files ---------------------------------------------------------------------------------------------------
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def _count_lines(path: Path) -> int | None:
-    if path.suffix == ".gz":
-        return None
-    n, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            n += block.count(b"\n")
-            last = block[-1:]
-    return n + (last != b"\n")
-
-
-_LONE_CR = re.compile(r"(?<=\r)(?!\n)")  # the point after a \r that ends a line on its own (old Mac files)
-
-
-def _decoded_lines(path: Path, encoding: str, state: dict) -> Iterator[str]:
-    """Lines decoded one by one, so an undecodable byte is reported with its line number. \n, \r\n and a lone
-    \r all end a line (mixed in one file too), each line keeping its ending for the csv module."""
-    lineno = 0
-    with _open_binary(path) as f:
-        for raw in f:
-            try:
-                text = raw.decode(encoding)
-            except UnicodeDecodeError as e:
-                before = raw[:e.start]
-                lone = len(re.findall(rb"\r(?!\n)", before))
-                col = e.start - (before.rfind(b"\r") + 1 if lone else 0)
-                raise InputError(f"{path}:{lineno + 1 + lone}: cannot decode byte {raw[e.start:e.start + 1]!r} at "
-                                 f"column {col + 1} as {encoding}; pass --encoding (e.g. latin-1 or cp1252) "
-                                 "with the file's real encoding") from None
-            if lineno == 0 and text.startswith("\ufeff"):
-                text = text[1:]
-            pieces = _LONE_CR.split(text) if "\r" in text.rstrip("\r\n") or text.endswith("\r") else [text]
-            for line in pieces:
-                if line:
-                    lineno += 1
-                    state["line"] = lineno
-                    yield line
-
-
 def _table_format(path: Path, opts: TableOptions) -> str:
     if opts.format:
         return opts.format
@@ -186,7 +102,7 @@ def _csv_records(path: Path, opts: TableOptions, fmt: str) -> Iterator[Record]:
     if quoting not in ("none", "minimal"):
         raise InputError(f"--quoting must be auto, none or minimal, not {opts.quoting!r}")
     state = {"line": 0}
-    reader = csv.reader(_decoded_lines(path, opts.encoding, state), delimiter=sep,
+    reader = csv.reader(decoded_lines(path, opts.encoding, state), delimiter=sep,
                         quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
     if opts.header:
         header = next(reader, None)
@@ -210,11 +126,19 @@ def _csv_records(path: Path, opts: TableOptions, fmt: str) -> Iterator[Record]:
         yield mapper.record(dict(zip(header, fields)), rownum, reason)
 
 
+def _lines_records(path: Path, opts: TableOptions) -> Iterator[Record]:
+    """One text per line (a .txt file): key `<file name>:<line number>`; blank lines are no rows."""
+    for lineno, line in enumerate(decoded_lines(path, opts.encoding, {}), 1):
+        text = line.rstrip("\r\n")
+        if text.strip():
+            yield Record(f"{path.name}:{lineno}", text, source=path.name)
+
+
 def _jsonl_records(path: Path, opts: TableOptions) -> Iterator[Record]:
     mapper = _RowMapper(path.name, opts, None)
     checked = False
     rownum = 0
-    for lineno, line in enumerate(_decoded_lines(path, opts.encoding, {}), 1):
+    for lineno, line in enumerate(decoded_lines(path, opts.encoding, {}), 1):
         if not line.strip():
             continue
         rownum += 1
@@ -290,18 +214,6 @@ def _iterable_records(items: Iterable, name: str, opts: TableOptions) -> Iterato
             raise InputError(f"{name}: item {rownum} is a {type(item).__name__}; expected str or dict rows")
 
 
-def open_source(source: Any, opts: TableOptions, name: str | None = None, modality: str = "text") -> Source:
-    """Any supported input as a Source (images: embedstore.ingest.images); raises InputError naming what was
-    expected."""
-    if modality == "image":
-        from embedstore.ingest.images import open_image_source
-        return open_image_source(source, opts, name)
-    if opts.path_column:
-        raise InputError(f"--path-column names a column of image files, for image encoders; {modality} is read "
-                         "from --text-column")
-    return open_rows(source, opts, name)
-
-
 def open_rows(source: Any, opts: TableOptions, name: str | None = None) -> Source:
     """Tables, folders of .txt files, sequence files and Python rows as a Source of their content column."""
     frame = _frame_rows(source)
@@ -317,20 +229,22 @@ def open_rows(source: Any, opts: TableOptions, name: str | None = None) -> Sourc
             raise InputError(f"no such file or directory: {path}")
         if path.is_dir() or opts.format == "dir":
             return Source(path.name, _dir_records(path, opts), total=sum(1 for _ in path.rglob("*.txt")))
-        from embedstore.ingest.fasta import open_sequences, sequence_format
-        if seq_fmt := sequence_format(path, opts):
-            return open_sequences(path, opts, seq_fmt)
         fmt = _table_format(path, opts)
         if fmt in ("csv", "tsv"):
-            lines = _count_lines(path)
+            lines = count_lines(path)
             total = None if lines is None else max(lines - (1 if opts.header else 0), 0)
             return Source(path.name, _csv_records(path, opts, fmt), total)
         if fmt == "jsonl":
-            return Source(path.name, _jsonl_records(path, opts), _count_lines(path))
+            return Source(path.name, _jsonl_records(path, opts), count_lines(path))
+        if fmt == "lines":
+            if opts.label_column or opts.id_column:
+                raise InputError(f"{path.name}: a one-text-per-line file has no columns; --label-column and "
+                                 "--id-column need a table (CSV/TSV/JSONL/Parquet)")
+            return Source(path.name, _lines_records(path, opts), count_lines(path))
         if fmt == "parquet":
             import pyarrow.parquet as pq
             return Source(path.name, _parquet_records(path, opts), pq.ParquetFile(path).metadata.num_rows)
-        raise InputError(f"unknown --format {fmt!r}; expected csv, tsv, jsonl, parquet or dir")
+        raise InputError(f"unknown --format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if isinstance(source, io.IOBase):
         raise InputError("pass a path, a DataFrame or an iterable of str/dict rows, not an open file")
     if hasattr(source, "__iter__"):

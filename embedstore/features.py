@@ -1,4 +1,4 @@
-"""Vectors out of DuckDB into numpy, streamed through Arrow record batches into one preallocated matrix.
+"""Features: vectors out of DuckDB into numpy, streamed through Arrow record batches into one preallocated matrix.
 
 Peak memory is the float32 matrix plus one record batch: no second full-size copy.
 """
@@ -9,35 +9,35 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
 
 from embedstore.errors import NotFoundError
-from embedstore.store.db import BATCH_ROWS, arrow_batches, scalar
+from embedstore.store import catalog
+from embedstore.store.queries import BATCH_ROWS, arrow_batches, scalar, vector_block
 
 if TYPE_CHECKING:
     import duckdb
 
-    from embedstore.store.store import EncoderRecord, Store
-
-
-def vector_block(column: pa.Array, dim: int) -> np.ndarray:
-    """A FixedSizeList<float> Arrow column as an [n, dim] float32 view (zero-copy where Arrow allows)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    flat = column.flatten().to_numpy(zero_copy_only=False)
-    return flat.astype(np.float32, copy=False).reshape(-1, dim)
+    from embedstore.store.catalog import EncoderRecord
+    from embedstore.store.database import Database
 
 
 ITEM_COLUMNS = ("item_id", "dataset", "key", "content_hash", "text", "source", "label", "status", "reason",
                 "updated")
 
 
-def column_expr(name: str) -> tuple[str, list]:
-    """SQL for an item column: `label` is the ingest's --label-column; other names are read from the
-    item's metadata (the source's remaining columns)."""
+def column_expr(name: str, label_column: str | None = None) -> tuple[str, list]:
+    """SQL for an item column: `label` is the ingest's --label-column, which may also be called by its own name
+    (`label_column`); other names are read from the item's metadata (the source's remaining columns)."""
     if name in ITEM_COLUMNS:
         return f"i.{name}", []
+    if label_column and name == label_column:
+        return "i.label", []
     return "json_extract_string(i.meta, ?)", ['$."' + name.replace('"', '\\"') + '"']
+
+
+def label_column(con: "duckdb.DuckDBPyConnection", dataset: str) -> str | None:
+    """The source column the dataset's labels were ingested from (None: unknown, or no label column)."""
+    return scalar(con, "SELECT label_column FROM datasets WHERE name = ?", [dataset])
 
 
 def iter_vectors(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord",
@@ -66,16 +66,17 @@ class FeatureSet:
     groups: np.ndarray | None = None
 
 
-def load_features(store: "Store", dataset: str, records: list["EncoderRecord"], label: str | None,
+def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], label: str | None,
                   group: str | None = None) -> FeatureSet:
     """Rows: ok items with vectors of every record (concatenated in order) and, if `label`, a label."""
-    store.require_dataset(dataset)
+    catalog.require_dataset(db, dataset)
     joins = " ".join(f"JOIN {r.table} e{j} ON e{j}.content_hash = i.content_hash" for j, r in enumerate(records))
-    lab, lparams = column_expr(label) if label else ("NULL", [])
-    grp, gparams = column_expr(group) if group else ("NULL", [])
     base = f"FROM items i {joins} WHERE i.dataset = ? AND i.status = 'ok'"
-    filt, fparams = (f" AND {lab} IS NOT NULL", lparams) if label else ("", [])
-    with store.connect() as con:
+    with db.connect() as con:
+        named = label_column(con, dataset)
+        lab, lparams = column_expr(label, named) if label else ("NULL", [])
+        grp, gparams = column_expr(group, named) if group else ("NULL", [])
+        filt, fparams = (f" AND {lab} IS NOT NULL", lparams) if label else ("", [])
         n_ok = scalar(con, "SELECT count(*) FROM items WHERE dataset=? AND status='ok'", [dataset])
         n_vec = scalar(con, f"SELECT count(*) {base}", [dataset])
         n = scalar(con, f"SELECT count(*) {base}{filt}", [dataset, *fparams])

@@ -17,11 +17,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from embedstore.encoders.base import hash_files
-from embedstore.encoders.image import (ImageEncoder, hub_cached_file, hub_cached_snapshot, not_model_file,
-                                        read_json_file)
+from embedstore.encoders.hub import local_file, local_snapshot, read_json
+from embedstore.encoders.image.base import ImageEncoder
+from embedstore.encoders.image.weights import not_model_file
 from embedstore.errors import EncoderUnavailableError
 from embedstore.fsutil import sha256_file
-from embedstore.ingest.images import Preprocess
+from embedstore.media.images import Preprocess
 
 
 class OpenCLIPEncoder(ImageEncoder):
@@ -34,7 +35,7 @@ class OpenCLIPEncoder(ImageEncoder):
         model and preprocess configs, the quick-GELU flag of a tag, and the files whose hashes identify it."""
         name = self.name
         if name.startswith("hf-hub:"):
-            local = hub_cached_snapshot(name[len("hf-hub:"):], self.revision)
+            local = local_snapshot(name[len("hf-hub:"):], self.revision)
             if local is None:
                 raise EncoderUnavailableError(
                     f"encoder {self.spec!r}: {name} is not in the local Hugging Face cache, and nothing is downloaded "
@@ -45,7 +46,7 @@ class OpenCLIPEncoder(ImageEncoder):
         directory = Path(name).expanduser()
         if directory.is_dir():
             directory = directory.resolve()
-            cfg = read_json_file(directory / "open_clip_config.json", self.spec)
+            cfg = read_json(directory / "open_clip_config.json", self.spec)
             if "model_cfg" not in cfg:
                 raise EncoderUnavailableError(f"encoder {self.spec!r}: {directory}/open_clip_config.json has no "
                                               "model_cfg (expected open_clip's hub layout)")
@@ -84,7 +85,7 @@ class OpenCLIPEncoder(ImageEncoder):
             names = (filename,) if filename else ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
             if filename.endswith((".bin", ".pth")):
                 names = (filename[:-4] + ".safetensors", filename)
-            found = hub_cached_file(repo, names)
+            found = local_file(repo, names)
         if found is None and tag_cfg.get("url"):
             path = Path("~/.cache/clip").expanduser() / os.path.basename(tag_cfg["url"])
             found = path if path.is_file() else None
@@ -144,10 +145,9 @@ class OpenCLIPEncoder(ImageEncoder):
         labels). Not cached in the store: queries and prompts are few."""
         import torch
         out = []
-        autocast = torch.autocast(self._device.split(":")[0], dtype=torch.bfloat16, enabled=self.dtype == "bfloat16")
         for i in range(0, len(texts), self.text_batch_size):
             tokens = self._tokenizer(list(texts[i:i + self.text_batch_size])).to(self._device)
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), self.autocast():
                 out.append(self._model.encode_text(tokens, normalize=True).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 

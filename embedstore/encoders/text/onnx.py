@@ -14,33 +14,35 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.encoders.base import Embedded, Encoder, check_options, hash_files
-from embedstore.errors import EncoderUnavailableError, InputError
+from embedstore.encoders.base import Embedded, TextEncoder, hash_files
+from embedstore.encoders.device import BATCH_SIZE
+from embedstore.encoders.options import Option
+from embedstore.errors import EncoderUnavailableError
 from embedstore.fsutil import sha256_file
 
-_OPTIONS = {"tokenizer", "pooling", "normalize", "max_length", "batch_size", "output"}
 
-
-class ONNXTextEncoder(Encoder):
+class ONNXTextEncoder(TextEncoder):
     scheme = "onnx"
-    modality = "text"
+    OPTIONS = (
+        Option("tokenizer", "str", help="directory with tokenizer.json or vocab.txt (default: beside the file)"),
+        Option("pooling", "choice", "mean", ("mean", "cls"), fingerprint=True),
+        Option("normalize", "bool", False, fingerprint=True, help="L2-normalise the pooled vector"),
+        Option("max_length", "int", 128, low=1, high=1_000_000, fingerprint=True, help="tokens per text"),
+        Option("output", "str", fingerprint=True, help="the graph output holding token embeddings"),
+        BATCH_SIZE)
 
-    def __init__(self, spec: str, name: str, options: dict[str, str]):
-        super().__init__(spec, name, options)
-        check_options(spec, self.scheme, options, _OPTIONS)
+    def __init__(self, spec: str, name: str, options: dict[str, str], revision: str | None = None):
+        super().__init__(spec, name, options, revision)
         self.path = Path(name).expanduser()
         if not self.path.is_file():
             raise EncoderUnavailableError(f"encoder {spec!r}: no ONNX file at {self.path}")
-        self.tokenizer_dir = Path(options.get("tokenizer", self.path.parent)).expanduser()
+        self.tokenizer_dir = Path(self.opts["tokenizer"] or self.path.parent).expanduser()
         if not (self.tokenizer_dir / "tokenizer.json").exists() and not (self.tokenizer_dir / "vocab.txt").exists():
             raise EncoderUnavailableError(f"encoder {spec!r}: no tokenizer files in {self.tokenizer_dir}; pass "
                                           "?tokenizer=<directory with tokenizer.json or vocab.txt>")
-        self.pooling = options.get("pooling", "mean")
-        if self.pooling not in ("mean", "cls"):
-            raise InputError(f"encoder {spec!r}: pooling must be mean or cls, not {self.pooling!r}")
-        self.normalize = options.get("normalize", "false").lower() in ("1", "true", "yes")
-        self.max_length = int(options.get("max_length", 128))
-        self.batch_size = int(options.get("batch_size", 32))
+        self.pooling = self.opts["pooling"]
+        self.normalize = self.opts["normalize"]
+        self.max_length = self.opts["max_length"]
 
     @cached_property
     def _session(self):
@@ -55,8 +57,8 @@ class ONNXTextEncoder(Encoder):
     @cached_property
     def _output(self) -> str:
         outs = self._session.get_outputs()
-        if "output" in self.options:
-            return self.options["output"]
+        if self.opts["output"]:
+            return self.opts["output"]
         for o in outs:
             if len(o.shape) == 3 and "float" in o.type:
                 return o.name
@@ -86,19 +88,9 @@ class ONNXTextEncoder(Encoder):
         import onnxruntime
         return {**super().versions(), "onnxruntime": onnxruntime.__version__}
 
-    def skip_reason(self, content: str) -> str | None:
-        return "empty or whitespace-only text" if not content or not content.strip() else None
-
-    def length(self, content: str) -> int:
-        return min(len(content), 4 * self.max_length)
-
     def prepare(self, texts: list[str]) -> tuple[dict, np.ndarray, np.ndarray]:
         f = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
-        n_tok = f["attention_mask"].sum(1).astype(np.int64)
-        truncated = np.zeros(len(texts), dtype=bool)
-        for i in np.flatnonzero(n_tok >= self.max_length):
-            full = len(self.tokenizer(texts[i], truncation=False)["input_ids"])
-            n_tok[i], truncated[i] = full, full > self.max_length
+        n_tok, truncated = self.count_tokens(self.tokenizer, texts, f["attention_mask"].sum(1))
         feeds = {"input_ids": f["input_ids"].astype(np.int64), "attention_mask": f["attention_mask"].astype(np.int64)}
         return feeds, n_tok, truncated
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterator
 
 from embedstore.errors import InputError
-from embedstore.ingest.sources import Record, Source, TableOptions, _decoded_lines
+from embedstore.sources.lines import decoded_lines
+from embedstore.sources.records import Record, Source, TableOptions
 
 SEQUENCE_SUFFIXES = {".fa": "fasta", ".fasta": "fasta", ".fna": "fasta", ".ffn": "fasta", ".frn": "fasta",
                      ".fas": "fasta", ".faa": "fasta", ".fq": "fastq", ".fastq": "fastq"}
@@ -71,7 +72,7 @@ def _record(name: str, number: int, header: str, seq: str, opts: TableOptions, r
 
 def _fasta(path: Path, opts: TableOptions) -> Iterator[Record]:
     header, chunks, number = None, [], 0
-    for lineno, line in enumerate(_decoded_lines(path, opts.encoding, {}), 1):
+    for lineno, line in enumerate(decoded_lines(path, opts.encoding, {}), 1):
         line = line.rstrip()
         if line.startswith(">"):
             if header is not None:
@@ -88,7 +89,7 @@ def _fasta(path: Path, opts: TableOptions) -> Iterator[Record]:
 
 def _fastq(path: Path, opts: TableOptions) -> Iterator[Record]:
     """4-line records, or multi-line ones: sequence lines up to a '+' line, then quality until it is as long."""
-    lines = enumerate(_decoded_lines(path, opts.encoding, {}), 1)
+    lines = enumerate(decoded_lines(path, opts.encoding, {}), 1)
     number = 0
     for lineno, line in lines:
         line = line.rstrip()

@@ -1,4 +1,4 @@
-"""Small DuckDB helpers, in one place because DuckDB 2 changed how results are fetched.
+"""Small DuckDB and Arrow helpers, in one place because DuckDB 2 changed how results are fetched.
 
 A result from `execute()` must be fetched to the end before the connection does anything else, and Arrow
 output comes copy-free only from a relation (`con.sql`).
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 BATCH_ROWS = 65_536
@@ -33,3 +34,11 @@ def arrow_batches(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence = (
 
 def arrow_table(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence = ()) -> pa.Table:
     return con.sql(sql, params=list(params)).to_arrow_table()
+
+
+def vector_block(column: pa.Array, dim: int) -> np.ndarray:
+    """A FixedSizeList<float> Arrow column as an [n, dim] float32 view (zero-copy where Arrow allows)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.astype(np.float32, copy=False).reshape(-1, dim)

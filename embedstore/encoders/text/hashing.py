@@ -8,24 +8,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedstore.encoders.base import Embedded, Encoder
+from embedstore.encoders.base import Embedded, TextEncoder
+from embedstore.encoders.options import Option
 from embedstore.errors import InputError
 
 
-class HashingEncoder(Encoder):
+class HashingEncoder(TextEncoder):
     scheme = "hashing"
-    modality = "text"
     batch_size = 4096
+    OPTIONS = (Option("ngram", "int", 2, low=1, high=3, fingerprint=True, help="longest word n-gram"),)
 
-    def __init__(self, spec: str, name: str, options: dict[str, str]):
-        super().__init__(spec, name, options)
+    def __init__(self, spec: str, name: str, options: dict[str, str], revision: str | None = None):
+        super().__init__(spec, name, options, revision)
         try:
             self._dim = int(name or 256)
-            self._ngram = int(options.get("ngram", 2))
         except ValueError:
-            raise InputError(f"hashing encoder spec {spec!r}: expected hashing:<dim>[?ngram=N], e.g. hashing:256")
-        if not 2 <= self._dim <= 1 << 20 or not 1 <= self._ngram <= 3:
-            raise InputError(f"hashing encoder spec {spec!r}: dim must be 2..1048576 and ngram 1..3")
+            self._dim = 0
+        if not 2 <= self._dim <= 1 << 20:
+            raise InputError(f"encoder {spec!r}: expected hashing:<dim> with dim from 2 to 1048576, e.g. "
+                             "hashing:256")
+        self._ngram = self.opts["ngram"]
         from sklearn.feature_extraction.text import HashingVectorizer
         self._vec = HashingVectorizer(n_features=self._dim, ngram_range=(1, self._ngram), alternate_sign=True,
                                       norm="l2", lowercase=True, dtype=np.float32)
@@ -41,9 +43,6 @@ class HashingEncoder(Encoder):
     def versions(self) -> dict:
         import sklearn
         return {**super().versions(), "scikit-learn": sklearn.__version__}
-
-    def skip_reason(self, content: str) -> str | None:
-        return "empty or whitespace-only text" if not content or not content.strip() else None
 
     def run(self, prepared: list[str]) -> Embedded:
         return Embedded(self._vec.transform(prepared).toarray())

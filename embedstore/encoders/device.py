@@ -1,0 +1,56 @@
+"""Where a torch model runs and in which precision: the `device`, `dtype` and `batch_size` options that every
+neural family takes (none of them changes the fingerprint: device and dtype are recorded per vector, and bf16
+and fp32 vectors of one fingerprint agree to cosine >= 0.99)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from embedstore import config
+from embedstore.encoders.base import DTYPES, Encoder, resolve_dtype
+from embedstore.encoders.options import Option
+
+DEVICE = Option("device", "str", help="cpu, cuda, cuda:N (default: EMBEDSTORE_DEVICE, auto = cuda when available)")
+DTYPE = Option("dtype", "choice", "auto", DTYPES, help="compute dtype; auto = bfloat16 on CUDA, else float32")
+BATCH_SIZE = Option("batch_size", "int", None, low=1, high=65_536, help="inputs per forward pass")
+
+
+def torch_device(option: str | None) -> str:
+    """The device option (or EMBEDSTORE_DEVICE) made concrete; imports torch only for `auto`."""
+    want = option or config.setting("device")
+    if want == "auto":
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return want
+
+
+class TorchEncoder(Encoder):
+    """An encoder that runs a torch model: device and dtype resolved on first use (that imports torch)."""
+
+    OPTIONS = (DEVICE, DTYPE, BATCH_SIZE)
+
+    @cached_property
+    def _device(self) -> str:
+        return torch_device(self.opts["device"])
+
+    @cached_property
+    def _dtype(self) -> str:
+        return resolve_dtype(self.opts["dtype"], self._device)
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def dtype(self) -> str:
+        return self._dtype
+
+    def autocast(self) -> Any:
+        """bf16 autocast on the model's device when the dtype is bfloat16, else a no-op context."""
+        import torch
+        return torch.autocast(self._device.split(":")[0], dtype=torch.bfloat16, enabled=self._dtype == "bfloat16")
+
+    def versions(self) -> dict:
+        import torch
+        return {**super().versions(), "torch": torch.__version__}

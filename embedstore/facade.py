@@ -1,0 +1,83 @@
+"""The `Store` facade: one object a user opens, with every verb of the library as a method.
+
+It is the database handle (store/database.py) plus delegation to the middle layer (ingest, search, sql, index,
+maintenance, features): it holds no logic of its own, and nothing below it imports it. Everything it calls takes
+a database handle, so `heads.fit(store, ...)` and the CLI work on the same object.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from embedstore import features as _features
+from embedstore import ingest as _ingest
+from embedstore import maintenance, search as _search, sql as _sql
+from embedstore.index import sync
+from embedstore.store import catalog
+from embedstore.store.catalog import EncoderRecord
+from embedstore.store.database import Database
+
+
+class Store(Database):
+    """Open with `embedstore.open(path)`; `read_only=True` takes no write lock and never creates files."""
+
+    # -- writes ------------------------------------------------------------------------------------------------
+    def ingest(self, source: Any, *, dataset: str, encoder: str, **options: Any) -> "_ingest.IngestReport":
+        """Embed `source` into `dataset` (see embedstore.ingest.ingest for the options)."""
+        return _ingest.ingest(self, source, dataset=dataset, encoder=encoder, **options)
+
+    def delete_dataset(self, name: str) -> dict:
+        return maintenance.delete_dataset(self, name)
+
+    def gc(self) -> dict:
+        return maintenance.gc(self)
+
+    # -- reads -------------------------------------------------------------------------------------------------
+    def features(self, dataset: str, *, encoder: str = "", label: str | None = "label", return_meta: bool = False):
+        """(X float32 [n, dim], y) for the dataset's items that have vectors of `encoder` (`a+b` concatenates)."""
+        fs = _features.load_features(self, dataset, catalog.resolve_feature_set(self, encoder, dataset), label)
+        return (fs.X, fs.y, fs) if return_meta else (fs.X, fs.y)
+
+    def encode(self, inputs: Sequence[Any], encoder: str) -> "Any":
+        """Vectors [n, dim] for raw inputs, from the store's cache where this content was ingested with this
+        encoder, else by the encoder (nothing is written); rows of inputs the encoder skips are NaN."""
+        return _ingest.encode(self, inputs, encoder)
+
+    def search(self, dataset: str, query: Any = None, k: int = 10, *, key: str | None = None,
+               vector: Any = None, where: str | dict | None = None, encoder: str = "") -> "_search.Hits":
+        return _search.search(self, dataset, query=query, k=k, key=key, vector=vector, where=where, encoder=encoder)
+
+    def sql(self, query: str, params: Sequence | None = None):
+        """Read-only SQL over the documented views; returns a polars DataFrame."""
+        return _sql.run_sql_frame(self, query, params)
+
+    def index(self, dataset: str, record: EncoderRecord) -> "sync.LiveIndex":
+        """The up-to-date FAISS index for (dataset, encoder), loaded, caught up or rebuilt from DuckDB."""
+        return sync.live_index(self, dataset, record)
+
+    def info(self) -> dict:
+        return maintenance.info(self)
+
+    # -- the catalog -------------------------------------------------------------------------------------------
+    def dataset_names(self) -> list[str]:
+        return catalog.dataset_names(self)
+
+    def encoder_records(self, dataset: str | None = None) -> list[EncoderRecord]:
+        return catalog.encoder_records(self, dataset)
+
+    def resolve_encoder(self, spec: str, dataset: str | None = None) -> EncoderRecord:
+        return catalog.resolve_encoder(self, spec, dataset)
+
+    def resolve_feature_set(self, spec: str, dataset: str | None = None) -> list[EncoderRecord]:
+        return catalog.resolve_feature_set(self, spec, dataset)
+
+    def register_encoder(self, encoder: Any) -> EncoderRecord:
+        return catalog.register_encoder(self, encoder)
+
+
+def open(path: str | os.PathLike | None = None, *, read_only: bool = False,  # noqa: A001
+         create: bool = True) -> Store:
+    """Open the store at `path`, else $EMBEDSTORE_STORE, else the default directory; a writable open creates it
+    unless `create=False`."""
+    return Store(path, read_only=read_only, create=create)

@@ -1,0 +1,60 @@
+"""Sources: every input a user can ingest, read as Records in source order. `open_source` is the one dispatch;
+each reader module knows one family of inputs and nothing of the others:
+
+    tables.py   CSV/TSV/JSONL/Parquet, .txt (one text per line), folders of .txt files, DataFrames, Python rows
+    fasta.py    FASTA/FASTQ (plain or .gz)
+    images.py   image folders, tar shards, tables with a path column, numpy arrays, IDX files
+    lines.py    text files read line by line (shared by tables and fasta)
+    records.py  Record, Source, TableOptions
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from embedstore.errors import InputError
+from embedstore.sources.fasta import open_sequences, sequence_format
+from embedstore.sources.images import from_arrays, open_image_source, read_idx
+from embedstore.sources.records import Record, Source, TableOptions
+from embedstore.sources.tables import open_rows
+
+__all__ = ["Files", "Record", "Source", "TableOptions", "from_arrays", "open_source", "read_idx"]
+
+
+@dataclass(frozen=True)
+class Files:
+    """Several paths read as one source, in turn (a list of strings alone would be a list of texts)."""
+
+    paths: Sequence[str | Path]
+
+
+def open_source(source: Any, opts: TableOptions, name: str | None = None, modality: str = "text") -> Source:
+    """Any supported input as a Source of the modality's content; raises InputError naming what was expected."""
+    if isinstance(source, Files):
+        if not source.paths:
+            raise InputError("no input files given")
+        parts = [open_source(p, opts, None, modality) for p in source.paths]
+        totals = [p.total for p in parts]
+        chained = Source(name or "+".join(dict.fromkeys(p.name for p in parts)), [],
+                         None if None in totals else sum(totals))
+        chained.records = _in_turn(parts, chained.notes)
+        return chained
+    if modality == "image":
+        return open_image_source(source, opts, name)
+    if opts.path_column:
+        raise InputError(f"--path-column names a column of image files, for image encoders; {modality} is read "
+                         "from --text-column")
+    if isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if path.is_file() and (fmt := sequence_format(path, opts)):
+            return open_sequences(path, opts, fmt)
+    return open_rows(source, opts, name)
+
+
+def _in_turn(parts: list[Source], notes: list[str]) -> Iterator[Record]:
+    """The records of each source in turn; a source's notes (known once it is read) join `notes`."""
+    for part in parts:
+        yield from part
+        notes.extend(part.notes)

@@ -1,0 +1,226 @@
+"""The database handle: one DuckDB file (the source of truth) in a store directory, its write lock, its
+connection and its migrations. Every verb (ingest, search, sql, index, maintenance, heads) takes one of these;
+the `Store` facade (embedstore/facade.py) is one with the verbs added.
+
+Writers are exclusive: an advisory lock file names the PID holding it, so a second writer fails at once.
+An ingest closes its DuckDB connection while the encoder runs and reopens it to write each batch, so that
+read-only openers (search, sql, info, heads eval) can query between batches; they retry while a batch is
+being written (up to `EMBEDSTORE_LOCK_WAIT` seconds).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+
+from embedstore import config
+from embedstore.errors import EmbedstoreError, NotFoundError, StoreLockedError, StoreVersionError
+from embedstore.faults import fault_point
+from embedstore.store import layout
+from embedstore.store.queries import scalar
+from embedstore.store.schema import MIGRATIONS, refresh_views
+
+log = logging.getLogger("embedstore")
+
+
+def _announce_waiting(path: Path) -> int | None:
+    """A reader's shared flock on <store>/READERS, held while it waits; None where the file cannot be opened
+    (a store last written by an older embedstore, or a read-only directory): the reader then only polls."""
+    try:
+        fd = os.open(path / layout.WAITING_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+class Database:
+    """A store directory's database; `read_only=True` takes no write lock and never creates files."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, read_only: bool = False, create: bool = True):
+        """`create=False` refuses a path with no store instead of making one (every CLI command but ingest)."""
+        self.path = Path(path).expanduser() if path is not None else config.default_store_path()
+        self.read_only = read_only
+        self.db_path = self.path / layout.DB_NAME
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._depth = 0
+        self._lock_fd: int | None = None
+        # in-process live indexes by (dataset, fingerprint), managed by embedstore.index.sync (opaque here)
+        self.indexes: dict[tuple[str, str], Any] = {}
+        if read_only or not create:
+            if not self.db_path.exists():
+                raise NotFoundError(f"no store at {self.path} (no {layout.DB_NAME}); create one with "
+                                    "`embedstore ingest ... --store PATH`, or set EMBEDSTORE_STORE")
+        if read_only:
+            with self.connect() as con:
+                self._check_migrations(con, apply=False)
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._acquire_lock()
+            with self.connect() as con:
+                self._check_migrations(con, apply=True)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def _acquire_lock(self) -> None:
+        fd = os.open(self.path / layout.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreLockedError(
+                f"store {self.path} is locked by {holder}; only one writer at a time. Wait for it to finish; "
+                "meanwhile read-only commands (search, sql, info, heads eval/list) work between its batches"
+            ) from None
+        os.close(os.open(self.path / layout.WAITING_NAME, os.O_RDWR | os.O_CREAT, 0o644))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} ({' '.join(os.path.basename(a) for a in sys.argv[:3])})".encode(), 0)
+        self._lock_fd = fd
+
+    def _open_duckdb(self) -> duckdb.DuckDBPyConnection:
+        """Readers wait up to lock_wait seconds while a writer holds the file (announcing themselves, so that an
+        ingest lets them in between batches); the writer waits as long as readers take."""
+        wait = float(config.setting("lock_wait"))
+        deadline, waiting_fd = time.monotonic() + wait, None
+        try:
+            while True:
+                try:
+                    return duckdb.connect(str(self.db_path), read_only=self.read_only, config={
+                        "memory_limit": config.setting("duckdb_memory"),
+                        # no extension is fetched or loaded behind the user's back (e.g. by sqlite_scan)
+                        "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+                except duckdb.Error as e:
+                    msg = str(e).lower()
+                    if "storage version" in msg or "newer version" in msg:
+                        raise StoreVersionError(f"{self.db_path} was written by a newer DuckDB storage version "
+                                                f"than this one ({duckdb.__version__}) can read: "
+                                                f"{str(e).splitlines()[0]} Upgrade duckdb (and embedstore) to "
+                                                "open it") from e
+                    if not (isinstance(e, duckdb.IOException) and "lock" in msg):
+                        raise EmbedstoreError(f"cannot open {self.db_path}: {e}") from e
+                    if self.read_only and waiting_fd is None:
+                        waiting_fd = _announce_waiting(self.path)
+                    if time.monotonic() > deadline:
+                        if self.read_only:
+                            raise EmbedstoreError(f"cannot open {self.db_path}: a writer held it for {wait:g} s "
+                                                  f"(EMBEDSTORE_LOCK_WAIT). {e}") from e
+                        log.warning("waiting for readers to close %s", self.db_path)
+                        deadline = float("inf")
+                    time.sleep(0.02)
+        finally:
+            if waiting_fd is not None:
+                os.close(waiting_fd)  # releases the shared flock
+
+    def yield_to_readers(self, max_wait: float = 5.0) -> None:
+        """Between batches of a write: if readers are waiting for the database, close it until they have opened
+        it (at most `max_wait` seconds), so queries during a long ingest are answered within a batch."""
+        fd = os.open(self.path / layout.WAITING_NAME, os.O_RDWR)
+        try:
+            deadline = time.monotonic() + max_wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return  # nobody waiting (any more)
+                except BlockingIOError:
+                    self.release()
+                    if time.monotonic() > deadline:
+                        return
+                    time.sleep(0.02)
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection, opened on demand. Read-only stores close it after the outermost use, so that an
+        ingest in another process can write its next batch."""
+        if self._con is None:
+            self._con = self._open_duckdb()
+        self._depth += 1
+        try:
+            yield self._con
+        finally:
+            self._depth -= 1
+            if self.read_only and self._depth == 0:
+                self.release()
+
+    def release(self) -> None:
+        """Close the DuckDB connection (keeping the write lock), e.g. while an encoder runs."""
+        if self._con is not None and self._depth == 0:
+            self._con.close()
+            self._con = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.require_writable()
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def close(self) -> None:
+        self._depth = 0
+        self.release()
+        self.indexes.clear()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}{', read_only=True' if self.read_only else ''})"
+
+    def require_writable(self) -> None:
+        if self.read_only:
+            raise EmbedstoreError(f"store {self.path} is open read-only; open it without read_only to write")
+
+    def _check_migrations(self, con: duckdb.DuckDBPyConnection, apply: bool) -> None:
+        if apply:
+            con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, "
+                        "applied TIMESTAMP DEFAULT current_timestamp)")
+        try:
+            done = {r[0] for r in con.execute("SELECT name FROM _migrations").fetchall()}
+        except duckdb.CatalogException as e:
+            raise StoreVersionError(f"{self.db_path} is not an embedstore database (no _migrations table)") from e
+        known = [name for name, _ in MIGRATIONS]
+        unknown = sorted(done - set(known))
+        if unknown:
+            raise StoreVersionError(f"store {self.path} has migrations {unknown} that this embedstore does not "
+                                    f"know (it knows {known}): it was written by a newer version; upgrade")
+        missing = [(n, m) for n, m in MIGRATIONS if n not in done]
+        if missing and not apply:
+            raise StoreVersionError(f"store {self.path} needs migrations {[n for n, _ in missing]}; open it "
+                                    "once for writing (e.g. `embedstore info --migrate`)")
+        for name, migration in missing:
+            con.execute("BEGIN TRANSACTION")
+            if callable(migration):
+                migration(con)
+            else:
+                con.execute(migration)
+            con.execute("INSERT INTO _migrations (name) VALUES (?)", [name])
+            fault_point("store.migration.before_commit")
+            con.execute("COMMIT")
+        if missing:
+            if not scalar(con, "SELECT count(*) FROM duckdb_views() WHERE view_name='embeddings'"):
+                refresh_views(con)
+
+    def index_path(self, dataset: str, record: Any) -> Path:
+        """The sidecar of the index of (dataset, encoder record); see store/layout.py."""
+        return layout.index_sidecar(self.path, dataset, record.fingerprint)

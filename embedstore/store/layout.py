@@ -1,0 +1,33 @@
+"""Where things live inside a store directory: one place, so no module rebuilds a path from another's internals.
+
+    <store>/embedstore.duckdb                      the database (source of truth)
+    <store>/LOCK, <store>/READERS                  the writer's lock; readers waiting for the database
+    <store>/indexes/<dataset>/<fp16>.json          an index's sidecar, naming its data file <fp16>.<sha16>.faiss
+    <store>/heads/<name>/head.<sha16>/             one version of a saved head (the database names the current one)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DB_NAME = "embedstore.duckdb"
+LOCK_NAME = "LOCK"
+WAITING_NAME = "READERS"  # readers waiting for the database hold a shared flock on it (see Database.yield_to_readers)
+
+
+def indexes_root(store: Path) -> Path:
+    return store / "indexes"
+
+
+def index_sidecar(store: Path, dataset: str, fingerprint: str) -> Path:
+    """The index's sidecar, which names its current data file (see VectorIndex.save)."""
+    return indexes_root(store) / dataset / f"{fingerprint[:16]}.json"
+
+
+def heads_root(store: Path) -> Path:
+    return store / "heads"
+
+
+def head_dir(store: Path, name: str, checksum: str) -> Path:
+    """Where the version of head `name` whose manifest has sha256 `checksum` lives (see heads/persist.py)."""
+    return heads_root(store) / name / f"head.{checksum[:16]}"

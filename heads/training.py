@@ -1,0 +1,121 @@
+"""Fit a head on a dataset's cached vectors and save it in the store (never imports torch or loads an encoder)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedstore.errors import InputError, resource_errors_as_clear
+from embedstore.faults import fault_point
+from embedstore.features import FeatureSet, load_features
+from embedstore.fsutil import remove_other_versions
+from embedstore.store import catalog
+from embedstore.store.catalog import check_name
+from embedstore.store.layout import head_dir
+from heads.estimators import MODELS, make
+from heads.head import Head, load
+from heads.persist import write_head_dir
+from heads.select import Protocol, evaluate_splits, score, search
+from heads.targets import targets
+
+if TYPE_CHECKING:
+    from embedstore.store.database import Database
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    import lightgbm
+    import sklearn
+    return {"python": platform.python_version(), "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+            "lightgbm": lightgbm.__version__, "embedstore": version("embedstore")}
+
+
+def check_model(model: str) -> str:
+    if model not in MODELS:
+        raise InputError(f"unknown model {model!r}; available: {', '.join(MODELS)}")
+    return model
+
+
+def feature_set(db: "Database", dataset: str, encoder: str, label: str | None, group: str | None = None
+                ) -> FeatureSet:
+    """The dataset's features for an encoder spec ('' = its only encoder; `a+b` concatenates)."""
+    return load_features(db, dataset, catalog.resolve_feature_set(db, encoder, dataset), label, group)
+
+
+def features_of(db: "Database", dataset: str, specs: list[str], fingerprints: list[str], label: str | None
+                ) -> FeatureSet:
+    """A dataset's features of exactly these encoders (by fingerprint), e.g. dev or test for a head's train."""
+    return load_features(db, dataset, catalog.records_in(db, dataset, specs, fingerprints), label)
+
+
+@resource_errors_as_clear()
+def fit(db: "Database", dataset: str, *, encoder: str = "", label: str = "label", model: str = "logreg",
+        name: str | None = None, params: dict | None = None, cv: int | None = None, test_size: float = 0.2,
+        seed: int = 0, group: str | None = None, search_params: bool = False, budget: float | None = None,
+        dev_dataset: str | None = None) -> tuple[Head, dict]:
+    """Fit `model` on the dataset's cached vectors and save it in the store. Returns (head, metrics).
+
+    Scoring: a stratified hold-out split of the training data (or `cv` folds; grouped by `group`), or the
+    `dev_dataset` when given. `search_params` tries the model's small grid (under `budget` seconds) and keeps the
+    best by macro-F1 (R2 for regression). The final model is refitted on all training rows; a test set is never
+    touched here (score it once with `evaluate`). The database is released while the estimator fits, so
+    readers are not kept waiting by a long fit."""
+    task = MODELS[check_model(model)].task
+    name = check_name(name or f"{dataset}-{model}", "head")
+    fs = feature_set(db, dataset, encoder, label, group)
+    X = fs.X
+    y, label_names = targets(task, fs.y, dataset, label)
+    unscored = not cv and not dev_dataset and test_size == 0  # fit once, on every row, and report no score
+    if unscored and search_params:
+        raise InputError("a parameter search needs a score: give a hold-out fraction (test_size > 0), cv or a "
+                         "dev dataset")
+    protocol = Protocol(task, cv=cv, test_size=test_size, seed=seed)
+    splits = [] if unscored else protocol.splits(y, fs.groups)
+    dev = None
+    if dev_dataset:
+        dfs = features_of(db, dev_dataset, fs.specs, fs.fingerprints, label)
+        dev = (dfs.X, targets(task, dfs.y, dev_dataset, label, label_names)[0])
+    dims = [r.dim for r in (catalog.resolve_encoder(db, f"fp:{fp}") for fp in fs.fingerprints)]
+    db.release()  # everything is read: readers may open the database while the estimator fits
+    chosen, tried = dict(params or {}), []
+    t0 = time.perf_counter()
+    if search_params:
+        chosen, tried = search(model, dict(params or {}), X, y, task, splits, budget, dev)
+    if dev is not None:
+        est = make(model, chosen).fit(X, y)
+        scores = {**score(task, dev[1], est.predict(dev[0])), "protocol": f"dev dataset {dev_dataset}"}
+    elif unscored:
+        est = make(model, chosen).fit(X, y)
+        scores = {"protocol": "none (test_size=0: fitted once on all rows, not scored)"}
+    else:
+        scores = {**evaluate_splits(model, chosen, X, y, task, splits),
+                  "protocol": protocol.describe(fs.groups is not None)}
+        est = make(model, chosen).fit(X, y)
+    scores["fit_seconds"] = round(time.perf_counter() - t0, 3)
+    train_digest = hashlib.sha256("\n".join(f"{h}\t{v}" for h, v in sorted(zip(fs.content_hashes, fs.y.astype(str))))
+                                  .encode()).hexdigest()
+    classes = label_names if task == "multilabel" else (
+        [str(c) for c in est.classes_] if task == "classification" else [])
+    meta = {"name": name, "model": model, "task": task, "class": type(est).__name__, "params": est.get_params(),
+            "dataset": dataset, "label": label, "group": group, "encoders": fs.specs,
+            "fingerprints": fs.fingerprints, "dims": [int(d) for d in dims], "dim": int(X.shape[1]),
+            "classes": classes, "n_train": int(len(y)), "train_data_sha256": train_digest, "metrics": scores,
+            "search": tried, "seed": seed, "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    checksum = write_head_dir(db.path, name, meta, est, fs.content_hashes)
+    with db.transaction() as con:
+        con.execute("DELETE FROM heads WHERE name = ?", [name])
+        con.execute("INSERT INTO heads (name, fingerprints, encoder, dataset, label, model, params, metrics, "
+                    "checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [name, json.dumps(fs.fingerprints), "+".join(fs.specs), dataset, label, model,
+                     json.dumps(meta["params"], default=str), json.dumps(scores), checksum])
+        fault_point("head.save.before_commit")
+    fault_point("head.save.after_commit")
+    current = head_dir(db.path, name, checksum)
+    remove_other_versions(current.parent, "head", "", keep=current.name)
+    return load(db, name), scores
