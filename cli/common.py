@@ -17,8 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from embedstore import __version__, config
 from embedstore.errors import EmbedstoreError, InputError, resource_errors_as_clear
-from embedstore.sources import Files, TableOptions
-from embedstore.sources.tables import FORMATS
+from embedstore.sources import FORMATS, Files, TableOptions
 
 
 class Parser(argparse.ArgumentParser):
@@ -82,9 +81,10 @@ def table_options(args: argparse.Namespace) -> TableOptions:
 
 
 @contextmanager
-def inputs(paths: Sequence[str], fmt: str | None) -> Iterator[Any]:
-    """The positional inputs as one source: a path, `-` (standard input, spooled to a temporary file whose
-    suffix follows --format, one text per line by default), or several paths and globs read in turn."""
+def inputs(paths: Sequence[str], fmt: str | None) -> Iterator[tuple[Any, str | None]]:
+    """The positional inputs as one source and the name items record as their source: a path, `-` (standard
+    input, spooled to a temporary file whose suffix follows --format, one text per line by default; recorded as
+    `stdin`), or several paths and globs read in turn."""
     spool = None
     try:
         expanded: list[str] = []
@@ -103,7 +103,7 @@ def inputs(paths: Sequence[str], fmt: str | None) -> Iterator[Any]:
                 expanded += found
             else:
                 expanded.append(p)
-        yield expanded[0] if len(expanded) == 1 else Files(expanded)
+        yield (expanded[0] if len(expanded) == 1 else Files(expanded)), ("stdin" if paths == ["-"] else None)
     finally:
         if spool:
             shutil.rmtree(spool, ignore_errors=True)
@@ -113,10 +113,10 @@ _SUFFIX = {"lines": "txt", "csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "parque
            "fastq": "fq"}
 
 
-def open_store(args: argparse.Namespace, read_only: bool, create: bool = False):
+def open_store(args: argparse.Namespace, read_only: bool, create: bool = False, files: bool = False):
     """The store --store names; only `embedstore ingest` creates one (a mistyped path is an error elsewhere)."""
     import embedstore
-    return embedstore.open(getattr(args, "store", None), read_only=read_only, create=create)
+    return embedstore.open(getattr(args, "store", None), read_only=read_only, create=create, files=files)
 
 
 def table(rows: Sequence[dict], columns: Sequence[str] | None = None, out=None) -> None:

@@ -1,4 +1,4 @@
-"""`embedstore`: ingest, embed, search, sql, info, delete, gc, encoders, index, map."""
+"""`embedstore`: ingest, embed, search, sql, info, check, delete, gc, encoders, index, map."""
 
 from __future__ import annotations
 
@@ -40,6 +40,9 @@ def build_parser():
     add_table_args(ing)
     ing.add_argument("--chunk-size", type=int, help="rows per transaction (default: adaptive, about 2 s of work "
                      "each; a crash loses at most the chunk in flight)")
+    ing.add_argument("--replace", action="store_true", help="let this source replace items of the same keys that "
+                     "another source file put in the dataset (e.g. v1/data.csv then v2/data.csv: keys are "
+                     "<file name>:<row>); without it such an ingest is refused")
     ing.add_argument("--quiet", action="store_true", help="no progress bar")
     add_json_arg(ing)
     add_store_arg(ing)
@@ -65,27 +68,40 @@ def build_parser():
                    "clip: dataset searches images by text)")
     q.add_argument("--key", help="an item's key: its neighbours (itself excluded)")
     q.add_argument("--vector", metavar="FILE", help="query vector: .npy, or a JSON/whitespace list of numbers")
-    se.add_argument("-k", type=int, default=10, help="number of neighbours (default 10)")
+    se.add_argument("-k", type=int, help="number of neighbours (default 10; more than the dataset holds returns all)")
     se.add_argument("--where", help="SQL predicate over items columns, e.g. \"label = '1'\"")
     se.add_argument("--encoder", default="", help="which encoder, when the dataset has several")
-    se.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    se.add_argument("--output-format", choices=["table", "json", "csv"], default="table",
+                    help="how hits are printed (default: table; --json is json)")
     add_json_arg(se)
     add_store_arg(se)
 
     sq = sub.add_parser("sql", help="read-only SQL over the store's tables and views",
                         description="Run SQL in DuckDB over: items, datasets, encoders, heads, embeddings (view: "
                         "dataset, key, label, text, encoder, vector FLOAT[]), and emb_<fingerprint16> tables. "
-                        "Queries only unless --allow-writes.")
+                        "Queries only unless --allow-writes; no file access unless --allow-files.")
     sq.add_argument("query")
-    sq.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    sq.add_argument("--output-format", choices=["table", "csv", "json", "parquet"], default="table",
+                    help="how the result is written (default: table; --json is json)")
     sq.add_argument("--out", help="write the result to this file (required for parquet)")
     sq.add_argument("--allow-writes", action="store_true", help="allow statements that modify the store")
+    sq.add_argument("--allow-files", action="store_true", help="let SQL read and write files (read_csv, COPY, "
+                    "glob, ...); off by default, so a query reaches nothing outside the store")
     add_json_arg(sq)
     add_store_arg(sq)
 
     inf = sub.add_parser("info", help="datasets, encoders, counts, index state and sizes")
+    inf.add_argument("--migrate", action="store_true", help="first apply the schema migrations this version adds "
+                     "(takes the write lock briefly); readers work without the optional ones meanwhile")
     add_json_arg(inf)
     add_store_arg(inf)
+
+    ck = sub.add_parser("check", help="read and verify the whole store (database blocks, index and head files)",
+                        description="Read every row of every table (DuckDB checks each block's checksum), every "
+                        "index file against its sidecar and every head against its checksums; exit 2 if anything "
+                        "is damaged, saying what can still be done.")
+    add_json_arg(ck)
+    add_store_arg(ck)
 
     de = sub.add_parser("delete", help="delete a dataset (its vectors stay until `gc`)")
     de.add_argument("--dataset", required=True)
@@ -103,7 +119,8 @@ def build_parser():
     mp = sub.add_parser("map", help="draw a 2-D projection of a dataset's vectors coloured by label (PNG)")
     mp.add_argument("--dataset", required=True)
     mp.add_argument("--encoder", default="")
-    mp.add_argument("--label", default="label", help="colour by this column ('none' for no colours)")
+    mp.add_argument("--label", "--label-column", dest="label", default="label",
+                    help="colour by this column ('none' for no colours)")
     mp.add_argument("--method", choices=["pca", "umap"], default="pca", help="umap needs umap-learn installed")
     mp.add_argument("--out", default="map.png")
     add_json_arg(mp)
@@ -137,10 +154,11 @@ def _read_vector(path: str):
 def cmd_ingest(args) -> int:
     from embedstore.validate import split_names
     reports = []
-    with open_store(args, read_only=False, create=True) as store, inputs(args.source, args.format) as source:
+    with open_store(args, read_only=False, create=True) as store, inputs(args.source, args.format) as (source, name):
         for spec in split_names(args.encoder, "encoder specs"):
             report = store.ingest(source, dataset=args.dataset, encoder=spec, **vars(table_options(args)),
-                                  chunk_size=args.chunk_size, progress=not args.quiet)
+                                  source_name=name, chunk_size=args.chunk_size, progress=not args.quiet,
+                                  replace=args.replace)
             reports.append(report)
             if not args.json:
                 print(report.summary())
@@ -184,19 +202,21 @@ def cmd_embed(args) -> int:
 
 def cmd_search(args) -> int:
     with open_store(args, read_only=True) as store:
-        hits = store.search(args.dataset, Path(args.image) if args.image else args.text, k=args.k, key=args.key,
+        hits = store.search(args.dataset, Path(args.image) if args.image else args.text, k=10 if args.k is None else args.k, key=args.key,
                             vector=_read_vector(args.vector) if args.vector else None, where=args.where,
                             encoder=args.encoder)
-    rows_out(hits.rows(), "json" if args.json else args.format, ["rank", "score", "key", "label", "text"])
+    rows_out(hits.rows(), "json" if args.json else args.output_format, ["rank", "score", "key", "label", "text"])
+    if hits.note and args.k is not None:
+        print(f"note: {hits.note}", file=sys.stderr)
     return 0
 
 
 def cmd_sql(args) -> int:
     from embedstore.sql import run_sql
-    fmt = "json" if args.json else args.format
+    fmt = "json" if args.json else args.output_format
     if fmt == "parquet" and not args.out:
-        raise InputError("--format parquet needs --out FILE")
-    with open_store(args, read_only=not args.allow_writes) as store:
+        raise InputError("--output-format parquet needs --out FILE")
+    with open_store(args, read_only=not args.allow_writes, files=args.allow_files) as store:
         result = run_sql(store, args.query, allow_writes=args.allow_writes)
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -221,6 +241,8 @@ def cmd_sql(args) -> int:
 
 
 def cmd_info(args) -> int:
+    if args.migrate:
+        open_store(args, read_only=False).close()  # a writable open applies what is missing
     with open_store(args, read_only=True) as store:
         info = store.info()
     if args.json:
@@ -239,6 +261,24 @@ def cmd_info(args) -> int:
     if info["heads"]:
         print("\nheads")
         table(info["heads"])
+    return 0
+
+
+def cmd_check(args) -> int:
+    from embedstore.errors import CORRUPT_ADVICE
+    with open_store(args, read_only=True) as store:
+        out = store.check()
+    if args.json:
+        dump_json(out)
+    else:
+        for title, rows in (("tables", out["tables"]), ("indexes", out["indexes"]), ("heads", out["heads"])):
+            if rows:
+                print(f"\n{title}")
+                table(rows)
+    if out["damaged"]:
+        print(f"error: the store is damaged: {'; '.join(out['damaged'][:5])}. {CORRUPT_ADVICE}", file=sys.stderr)
+        return 2
+    print("\nstore ok: every table, index and head read and verified", file=sys.stderr)
     return 0
 
 
@@ -301,7 +341,7 @@ def cmd_map(args) -> int:
 
 
 COMMANDS = {"ingest": cmd_ingest, "embed": cmd_embed, "search": cmd_search, "sql": cmd_sql, "info": cmd_info,
-            "delete": cmd_delete, "gc": cmd_gc, "encoders": cmd_encoders, "index": cmd_index, "map": cmd_map}
+            "check": cmd_check, "delete": cmd_delete, "gc": cmd_gc, "encoders": cmd_encoders, "index": cmd_index, "map": cmd_map}
 
 
 def main(argv: list[str] | None = None) -> int:

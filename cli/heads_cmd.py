@@ -93,7 +93,8 @@ def build_parser():
     c.add_argument("--test-dataset")
     c.add_argument("--group-column")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    c.add_argument("--output-format", choices=["table", "json", "csv"], default="table",
+                   help="how the table is printed (default: table; --json is json)")
     add_json_arg(c)
     add_store_arg(c)
 
@@ -128,7 +129,8 @@ def build_parser():
     z.add_argument("--template", action="append", metavar="TEXT",
                    help="prompt with {} for the label (repeatable: prompts are averaged; default: "
                    "\"a photo of a {}.\")")
-    z.add_argument("--label", default="label", help="column to score against ('none' to skip scoring)")
+    z.add_argument("--label", "--label-column", dest="label", default="label",
+                   help="column to score against ('none' to skip scoring)")
     z.add_argument("--out", help="write key, prediction and per-label probabilities as CSV")
     add_json_arg(z)
     add_store_arg(z)
@@ -171,9 +173,9 @@ def cmd_fit(args) -> int:
 
 def cmd_eval(args) -> int:
     import heads
-    from embedstore.store.layout import heads_root
+    from embedstore.store.layout import head_eval_dir
     with open_store(args, read_only=True) as store:
-        report = Path(args.report_dir) if args.report_dir else heads_root(store.path) / args.head / "eval" / args.dataset
+        report = Path(args.report_dir) if args.report_dir else head_eval_dir(store.path, args.head, args.dataset)
         m = heads.evaluate(store, args.head, args.dataset, label=args.label, report_dir=report)
     if args.json:
         dump_json(m)
@@ -199,7 +201,7 @@ def cmd_predict(args) -> int:
     import heads
     from embedstore.encoders import get_encoder
     from embedstore.sources import open_source
-    with open_store(args, read_only=True) as store, inputs(args.input, args.format) as source:
+    with open_store(args, read_only=True) as store, inputs(args.input, args.format) as (source, _):
         head = heads.load(store, args.head)
         modality = get_encoder(head.meta["encoders"][0]).modality
         records = list(open_source(source, table_options(args), modality=modality))
@@ -237,7 +239,7 @@ def cmd_compare(args) -> int:
     with open_store(args, read_only=True) as store:
         rows = heads.compare(store, args.dataset, encoder=args.encoder, label=args.label, model=args.model,
                              cv=args.cv, seed=args.seed, test_dataset=args.test_dataset, group=args.group_column)
-    rows_out(rows, "json" if args.json else args.format, ["rank", *[k for k in rows[0] if k != "rank"]])
+    rows_out(rows, "json" if args.json else args.output_format, ["rank", *[k for k in rows[0] if k != "rank"]])
     return 0
 
 

@@ -45,5 +45,19 @@ def setting(name: str) -> str:
     return SETTINGS[name].get()
 
 
+def number(name: str, kind: type = float, low: float = 0) -> float:
+    """A numeric setting, refused with a clear message when its environment variable is not a number >= low."""
+    raw, s = setting(name), SETTINGS[name]
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value < low or value != value:
+        from embedstore.errors import InputError
+        raise InputError(f"{s.env}={raw!r}: expected {'a whole number' if kind is int else 'a number'} >= {low:g} "
+                         f"({s.help}); default {s.default}")
+    return value
+
+
 def default_store_path() -> Path:
     return Path(setting("store")).expanduser()

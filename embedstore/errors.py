@@ -54,28 +54,41 @@ _FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _FULL_WORDS = ("no space left", "file too large", "disk quota", "not enough space")
 
 
+class StoreCorruptError(EmbedstoreError):
+    """The database file is damaged (truncated, a block that fails DuckDB's checksum)."""
+
+
+CORRUPT_ADVICE = ("What can be done: `embedstore check` says which parts still read; `embedstore sql` reads what is "
+                  "left; restore embedstore.duckdb from a copy; or rebuild the store by ingesting the sources again "
+                  "into a new --store (vectors are recomputed)")
+_CORRUPT_WORDS = ("corrupt", "checksum", "could not read enough bytes", "not a valid duckdb database")
+
+
 class MemoryLimitError(EmbedstoreError, MemoryError):
     """DuckDB reached EMBEDSTORE_DUCKDB_MEMORY; nothing committed before it was lost."""
 
 
 @contextmanager
 def resource_errors_as_clear() -> Iterator[None]:
-    """Turn the many shapes of "disk full" (OSError errno, DuckDB IO/transaction errors, FAISS write errors)
-    and DuckDB's memory limit into errors that tell the user what to do. Also a decorator."""
+    """Turn the many shapes of "disk full" (OSError errno, DuckDB IO/transaction errors, FAISS write errors),
+    DuckDB's memory limit and a damaged database file into errors that tell the user what to do. Also a
+    decorator."""
     try:
         yield
-    except (DiskFullError, MemoryLimitError):
+    except (DiskFullError, MemoryLimitError, StoreCorruptError):
         raise
     except Exception as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        duck = type(e).__module__.startswith("_duckdb")  # duckdb's errors, matched by module: no duckdb import
         if getattr(e, "errno", None) in _FULL_ERRNOS or any(w in str(e).lower() for w in _FULL_WORDS):
             raise DiskFullError(f"out of disk space ({detail}). Nothing committed before it is lost; free space "
                                 "(or raise the file-size limit) and rerun the same command (an ingest resumes "
                                 "where it stopped)") from e
-        if type(e).__name__ == "OutOfMemoryException" or (  # duckdb's, matched by name: no duckdb import here
-                type(e).__module__.startswith("_duckdb") and "could not allocate block" in str(e)):
-            raise MemoryLimitError(f"DuckDB reached its memory limit ({detail}). Large stores need more: DuckDB "
-                                   "keeps each table's key index in memory (about 15 MB per 100,000 items and "
-                                   "encoder). Raise EMBEDSTORE_DUCKDB_MEMORY (e.g. 2GB) and rerun the same command "
-                                   "(an ingest resumes where it stopped)") from e
+        if type(e).__name__ == "OutOfMemoryException" or (duck and "could not allocate block" in str(e)):
+            raise MemoryLimitError(f"DuckDB reached its memory limit ({detail}). Raise EMBEDSTORE_DUCKDB_MEMORY "
+                                   "(e.g. 2GB) and rerun the same command (an ingest resumes where it stopped); "
+                                   "what needs it: the key indexes of large stores (about 15 MB per 100,000 items "
+                                   "and encoder) and wide vectors") from e
+        if duck and any(w in str(e).lower() for w in _CORRUPT_WORDS):
+            raise StoreCorruptError(f"the store's database file is damaged ({detail}). {CORRUPT_ADVICE}") from e
         raise

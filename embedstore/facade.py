@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from embedstore import features as _features
 from embedstore import ingest as _ingest
 from embedstore import maintenance, search as _search, sql as _sql
+from embedstore.errors import resource_errors_as_clear
 from embedstore.index import sync
 from embedstore.store import catalog
 from embedstore.store.catalog import EncoderRecord
@@ -34,30 +35,40 @@ class Store(Database):
         return maintenance.gc(self)
 
     # -- reads -------------------------------------------------------------------------------------------------
+    @resource_errors_as_clear()
     def features(self, dataset: str, *, encoder: str = "", label: str | None = "label", return_meta: bool = False):
         """(X float32 [n, dim], y) for the dataset's items that have vectors of `encoder` (`a+b` concatenates)."""
-        fs = _features.load_features(self, dataset, catalog.resolve_feature_set(self, encoder, dataset), label)
+        fs = _features.features_for(self, dataset, encoder, label)
         return (fs.X, fs.y, fs) if return_meta else (fs.X, fs.y)
 
-    def encode(self, inputs: Sequence[Any], encoder: str) -> "Any":
+    @resource_errors_as_clear()
+    def encode(self, inputs: Sequence[Any], *, encoder: str) -> "Any":
         """Vectors [n, dim] for raw inputs, from the store's cache where this content was ingested with this
         encoder, else by the encoder (nothing is written); rows of inputs the encoder skips are NaN."""
         return _ingest.encode(self, inputs, encoder)
 
+    @resource_errors_as_clear()
     def search(self, dataset: str, query: Any = None, k: int = 10, *, key: str | None = None,
                vector: Any = None, where: str | dict | None = None, encoder: str = "") -> "_search.Hits":
         return _search.search(self, dataset, query=query, k=k, key=key, vector=vector, where=where, encoder=encoder)
 
+    @resource_errors_as_clear()
     def sql(self, query: str, params: Sequence | None = None):
         """Read-only SQL over the documented views; returns a polars DataFrame."""
         return _sql.run_sql_frame(self, query, params)
 
+    @resource_errors_as_clear()
     def index(self, dataset: str, record: EncoderRecord) -> "sync.LiveIndex":
         """The up-to-date FAISS index for (dataset, encoder), loaded, caught up or rebuilt from DuckDB."""
         return sync.live_index(self, dataset, record)
 
+    @resource_errors_as_clear()
     def info(self) -> dict:
         return maintenance.info(self)
+
+    def check(self) -> dict:
+        """Read everything the store holds and verify it (see maintenance.check)."""
+        return maintenance.check(self)
 
     # -- the catalog -------------------------------------------------------------------------------------------
     def dataset_names(self) -> list[str]:
@@ -77,7 +88,7 @@ class Store(Database):
 
 
 def open(path: str | os.PathLike | None = None, *, read_only: bool = False,  # noqa: A001
-         create: bool = True) -> Store:
+         create: bool = True, files: bool = False) -> Store:
     """Open the store at `path`, else $EMBEDSTORE_STORE, else the default directory; a writable open creates it
-    unless `create=False`."""
-    return Store(path, read_only=read_only, create=create)
+    unless `create=False`. SQL over it cannot touch files unless `files=True`."""
+    return Store(path, read_only=read_only, create=create, files=files)

@@ -36,8 +36,11 @@ def column_expr(name: str, label_column: str | None = None) -> tuple[str, list]:
 
 
 def label_column(con: "duckdb.DuckDBPyConnection", dataset: str) -> str | None:
-    """The source column the dataset's labels were ingested from (None: unknown, or no label column)."""
-    return scalar(con, "SELECT label_column FROM datasets WHERE name = ?", [dataset])
+    """The source column the dataset's labels were ingested from (None: no label column, or a store written
+    before it was recorded, whose migration m002 a read-only opener may not have applied yet)."""
+    cur = con.execute("SELECT * FROM datasets WHERE name = ?", [dataset])
+    rows = cur.fetchall()
+    return dict(zip([d[0] for d in cur.description], rows[0])).get("label_column") if rows else None
 
 
 def iter_vectors(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord",
@@ -82,8 +85,11 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
         n = scalar(con, f"SELECT count(*) {base}{filt}", [dataset, *fparams])
         if n == 0:
             what = f"with a {label!r} label " if label else ""
+            hint = "" if not label or label in ITEM_COLUMNS or named else (
+                ". If that is the column its labels were ingested from, say --label label (this dataset was "
+                "ingested before embedstore recorded label column names), or re-ingest it")
             raise NotFoundError(f"dataset {dataset!r} has no items {what}with vectors of "
-                                f"{'+'.join(r.spec for r in records)} ({n_ok} ok items, {n_vec} with vectors)")
+                                f"{'+'.join(r.spec for r in records)} ({n_ok} ok items, {n_vec} with vectors){hint}")
         dims = [r.dim for r in records]
         # rows come back unordered; each is written straight to its place in item-id order (deterministic
         # features without DuckDB sorting the vectors, and no second copy of the matrix)
@@ -110,3 +116,16 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
                       [r.fingerprint for r in records], n_missing_vectors=n_ok - n_vec,
                       n_unlabelled=n_vec - n if label else 0, specs=[r.spec for r in records],
                       groups=np.asarray(gs, dtype=object) if group else None)
+
+
+def features_for(db: "Database", dataset: str, encoder: str, label: str | None, group: str | None = None
+                 ) -> FeatureSet:
+    """The dataset's features for an encoder spec as a user writes it ('' = its only encoder; `a+b`
+    concatenates)."""
+    return load_features(db, dataset, catalog.resolve_feature_set(db, encoder, dataset), label, group)
+
+
+def features_of(db: "Database", dataset: str, specs: list[str], fingerprints: list[str], label: str | None
+                ) -> FeatureSet:
+    """A dataset's features of exactly these encoders (by fingerprint), e.g. dev or test for a head's train."""
+    return load_features(db, dataset, catalog.records_in(db, dataset, specs, fingerprints), label)

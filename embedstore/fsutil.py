@@ -98,3 +98,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def read_verified(directory: Path, checksum: str | None, what: str) -> dict[str, bytes]:
+    """Every file a directory's manifest.json lists, after each matches its sha256 there (and the manifest
+    matches `checksum`, the one its owner recorded, when given); raises CorruptFileError naming `what`."""
+    from embedstore.errors import CorruptFileError
+    man_path = Path(directory) / "manifest.json"
+    if not man_path.is_file():
+        raise CorruptFileError(f"{what}: {man_path} is missing")
+    raw = man_path.read_bytes()
+    if checksum is not None and hashlib.sha256(raw).hexdigest() != checksum:
+        raise CorruptFileError(f"{what}: manifest checksum does not match the store's record; the files were "
+                               "modified or replaced")
+    try:
+        files = json.loads(raw)["files"]
+        if not isinstance(files, dict) or not all(isinstance(f, str) and "/" not in f for f in files):
+            raise ValueError("it does not list plain file names")
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptFileError(f"{what}: unreadable manifest ({e})") from None
+    blobs = {}
+    for fname, digest in files.items():
+        path = Path(directory) / fname
+        data = path.read_bytes() if path.is_file() else b""
+        if not path.is_file() or hashlib.sha256(data).hexdigest() != digest:
+            raise CorruptFileError(f"{what}: {fname} is missing or does not match its checksum")
+        blobs[fname] = data
+    return blobs

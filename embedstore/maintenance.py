@@ -1,4 +1,4 @@
-"""info, delete and gc: the store's housekeeping."""
+"""info, check, delete and gc: the store's housekeeping."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from embedstore.errors import NotFoundError, resource_errors_as_clear
+from embedstore.errors import (CORRUPT_ADVICE, CorruptFileError, NotFoundError, StoreCorruptError,
+                               resource_errors_as_clear)
 from embedstore.faults import fault_point
-from embedstore.fsutil import remove_other_versions
+from embedstore.fsutil import read_verified, remove_other_versions
 from embedstore.index import sync
+from embedstore.index.faiss_index import VectorIndex
 from embedstore.store import catalog, layout
-from embedstore.store.queries import first, scalar
+from embedstore.store.queries import arrow_batches, first, scalar
 from embedstore.store.schema import refresh_views
 
 if TYPE_CHECKING:
@@ -64,6 +66,53 @@ def info(db: "Database") -> dict:
     return out
 
 
+def check(db: "Database") -> dict:
+    """Read every row of every table (DuckDB verifies each block's checksum as it reads it), every index file
+    against its sidecar and every head against the checksums the database holds; report what is damaged.
+
+    The one way to know a whole store is sound: other commands read only what they need, so a damaged block is
+    found when a command first reads it."""
+    out: dict = {"path": str(db.path), "tables": [], "indexes": [], "heads": [], "damaged": []}
+    try:
+        with db.connect() as con:
+            tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = "
+                                                "current_database() ORDER BY 1").fetchall()]
+    except Exception as e:  # noqa: BLE001 - the catalog itself is unreadable
+        out["damaged"].append(f"database catalog: {_first_line(e)}")
+        return out
+    for table in tables:
+        try:
+            with db.connect() as con:
+                n = sum(b.num_rows for b in arrow_batches(con, f'SELECT * FROM "{table}"'))
+            out["tables"].append({"table": table, "rows": n, "state": "ok"})
+        except Exception as e:  # noqa: BLE001 - any read failure is damage to report, not to raise
+            out["tables"].append({"table": table, "rows": None, "state": f"damaged: {_first_line(e)}"})
+            out["damaged"].append(f"table {table}: {_first_line(e)}")
+    for name in (catalog.dataset_names(db) if not out["damaged"] else []):
+        for rec in catalog.encoder_records(db, name):
+            side = db.index_path(name, rec)
+            try:
+                VectorIndex.load(side)
+                state = "ok"
+            except CorruptFileError as e:
+                state = f"{e} (rebuilt from the database on next use)" if side.exists() else "missing (built on next use)"
+            out["indexes"].append({"dataset": name, "encoder": rec.spec, "state": state})
+    with db.connect() as con:
+        heads = con.execute("SELECT name, checksum FROM heads ORDER BY name").fetchall() if "heads" in tables else []
+    for name, checksum in heads:
+        try:
+            read_verified(layout.head_dir(db.path, name, checksum), checksum, f"head {name!r}")
+            out["heads"].append({"head": name, "state": "ok"})
+        except CorruptFileError as e:
+            out["heads"].append({"head": name, "state": f"damaged: {e}"})
+            out["damaged"].append(f"head {name}: {e}")
+    return out
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 @resource_errors_as_clear()
 def delete_dataset(db: "Database", name: str) -> dict:
     """Remove a dataset's items, encoder links and index files; vectors stay until `gc` (other datasets may
@@ -84,7 +133,11 @@ def delete_dataset(db: "Database", name: str) -> dict:
 
 @resource_errors_as_clear()
 def gc(db: "Database") -> dict:
-    """Delete vectors no item references (per encoder), then compact the database file."""
+    """Delete vectors no item references (per encoder), then compact the database file. A damaged store is
+    refused first (`check`): compacting would carry the damage into the rewritten file."""
+    damaged = check(db)["damaged"]
+    if damaged:
+        raise StoreCorruptError(f"gc refused: the store is damaged ({'; '.join(damaged[:3])}). {CORRUPT_ADVICE}")
     removed = {}
     with db.transaction() as con:
         for fp, spec, table in con.execute("SELECT fingerprint, spec, table_name FROM encoders").fetchall():

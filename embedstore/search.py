@@ -17,13 +17,14 @@ import duckdb
 import numpy as np
 
 from embedstore.errors import InputError, NotFoundError
-from embedstore.features import column_expr, iter_vectors, label_column
+from embedstore.features import ITEM_COLUMNS, column_expr, iter_vectors, label_column
 from embedstore.index import sync
 from embedstore.encoders import get_encoder
-from embedstore.ingest.cache import check_fingerprint, embed_cached
+from embedstore.ingest.cache import embed_cached, text_tower
 from embedstore.store import catalog
+from embedstore.sql import check_filter
 from embedstore.store.queries import first
-from embedstore.validate import as_float32_matrix
+from embedstore.validate import as_float32_matrix, counted
 
 if TYPE_CHECKING:
     from embedstore.store.catalog import EncoderRecord
@@ -47,7 +48,9 @@ class Hit:
 
 class Hits(list):
     """Search results, best first: a list of Hit, and a table (rank, score, key, label, text, then each metadata
-    column) through `to_arrow()`, `to_pandas()` or `to_polars()`."""
+    column) through `to_arrow()`, `to_pandas()` or `to_polars()`. `note` says when fewer than k came back."""
+
+    note: str | None = None
 
     def rows(self) -> list[dict]:
         meta_cols = list(dict.fromkeys(k for h in self for k in (h.meta or {})))
@@ -87,14 +90,7 @@ def where_sql(where: str | dict | None, label_column: str | None = None) -> tupl
                 parts.append(f"{expr} = ?")
                 params.append(None if value is None else str(value))
         return " AND " + " AND ".join(parts), params
-    probe = f"SELECT 1 FROM items i WHERE ({where})"
-    try:
-        stmts = duckdb.extract_statements(probe)
-    except duckdb.Error as e:
-        raise InputError(f"cannot parse filter {where!r}: {e}") from None
-    if len(stmts) != 1 or stmts[0].type != duckdb.StatementType.SELECT:
-        raise InputError(f"filter {where!r} must be a single SQL expression over items columns")
-    return f" AND ({where})", []
+    return f" AND ({check_filter(where)})", []
 
 
 def _query_vector(db: "Database", dataset: str, record: "EncoderRecord", query: Any, key: str | None,
@@ -126,13 +122,11 @@ def embed_query(db: "Database", record: "EncoderRecord", content: Any) -> np.nda
         content = Path(content).read_bytes()
     if isinstance(content, bytes) and record.modality != "image":
         raise InputError(f"an image query needs image vectors, but {record.spec} embeds {record.modality}")
-    enc = get_encoder(record.spec)
     if record.modality == "image" and isinstance(content, str):
-        if not hasattr(enc, "embed_text"):
-            raise InputError(f"{record.spec} embeds images only, it has no text tower: search with an image (--image "
-                             "FILE) or --key, or ingest with a clip: encoder to search by text")
-        return as_float32_matrix(check_fingerprint(enc, record.fingerprint).embed_text([content]), record.dim)
-    got = embed_cached(db, enc, record, [content])
+        enc = text_tower(record, "search images by text: search with an image (--image FILE) or --key, or ingest "
+                                 "with a clip: encoder")
+        return as_float32_matrix(enc.embed_text([content]), record.dim)
+    got = embed_cached(db, get_encoder(record.spec), record, [content])
     if got.reasons[0]:
         raise InputError(f"cannot embed the query: {got.reasons[0]}")
     return as_float32_matrix(got.matrix(record.dim), record.dim)
@@ -151,17 +145,31 @@ def search(db: "Database", dataset: str, query: Any = None, k: int = 10, *, key:
     clause, params = where_sql(where, named)
     with db.connect() as con:  # and one for the search and its hits
         if clause:
-            allowed = np.asarray([r[0] for r in con.execute(
-                f"SELECT i.item_id FROM items i WHERE i.dataset = ? AND i.status = 'ok'{clause}",
-                [dataset, *params]).fetchall()], dtype=np.int64)
-            if len(allowed) <= EXACT_FILTER_MAX:
-                scores, ids = _exact(con, dataset, record, q, want, clause, params)
+            try:
+                allowed = np.asarray([r[0] for r in con.execute(
+                    f"SELECT i.item_id FROM items i WHERE i.dataset = ? AND i.status = 'ok'{clause}",
+                    [dataset, *params]).fetchall()], dtype=np.int64)
+            except duckdb.Error as e:
+                raise InputError(f"filter {where!r} failed: {str(e).splitlines()[0]}. A filter sees the item "
+                                 f"columns {', '.join(ITEM_COLUMNS)}; other source columns are metadata: "
+                                 "meta->>'name' (or where={'name': value} in Python)") from None
+            available = len(allowed)
+            if available <= EXACT_FILTER_MAX:
+                scores, ids = _exact(con, dataset, record, q, min(want, available), clause, params)
             else:
-                scores, ids = sync.live_index(db, dataset, record).index.search(q, want, allowed=allowed)
+                scores, ids = sync.live_index(db, dataset, record).index.search(q, min(want, available),
+                                                                                 allowed=allowed)
         else:
-            scores, ids = sync.live_index(db, dataset, record).index.search(q, want)
+            index = sync.live_index(db, dataset, record).index
+            available = index.ntotal
+            scores, ids = index.search(q, min(want, max(available, 1)))  # k is bounded by the data, not the user
         pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and i != self_id][:k]
-        return _hits(db, pairs)
+        hits = _hits(db, pairs)
+    available -= self_id is not None
+    if k > available:
+        where_from = "the filter keeps" if clause else "the dataset has with vectors"
+        hits.note = f"k={k:,} is more than the {counted(max(available, 0), 'item')} {where_from}: returned all"
+    return hits
 
 
 def _exact(con, dataset: str, record: "EncoderRecord", q: np.ndarray, k: int, clause: str, params: list):

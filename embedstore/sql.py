@@ -6,8 +6,9 @@ other file exports included, unless `allow_writes=True` (CLI: --allow-writes) on
 
 from __future__ import annotations
 
+import json
 import re
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -56,6 +57,58 @@ def check_read_only(query: str) -> None:
         _check_statement(st)
 
 
+def _plain(tree):
+    """A parse tree without source positions (they differ between two spellings of the same query)."""
+    if isinstance(tree, dict):
+        return {k: _plain(v) for k, v in tree.items() if not k.startswith("query_location")}
+    if isinstance(tree, list):
+        return [_plain(v) for v in tree]
+    return tree
+
+
+def _walk(tree) -> Iterator[dict]:
+    if isinstance(tree, dict):
+        yield tree
+        for v in tree.values():
+            yield from _walk(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _walk(v)
+
+
+def _parse_tree(query: str) -> dict:
+    con = duckdb.connect()  # an in-memory parser: the store's database is never touched
+    try:
+        return json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])
+    finally:
+        con.close()
+
+
+def check_filter(where: str) -> str:
+    """A `--where` filter must be exactly one SQL expression over an item's columns: it is parsed by DuckDB as the
+    WHERE clause of `SELECT * FROM items` and refused unless the rest of the query is untouched (so it cannot
+    close a parenthesis, add a LIMIT or a UNION) and it holds no subquery or table function (so it cannot read
+    other datasets or files). Returns it; callers wrap it in parentheses and AND it with the dataset's own rows."""
+    if not isinstance(where, str) or not where.strip():
+        raise InputError("a filter must be a non-empty SQL expression, e.g. \"label = '1'\"")
+    tree = _parse_tree(f"SELECT * FROM items WHERE {where}")
+    if tree.get("error"):
+        raise InputError(f"cannot parse filter {where!r}: {tree.get('error_message', 'syntax error')}; expected one "
+                         "SQL expression over items columns, e.g. \"label = '1' AND key LIKE 'a%'\"")
+    statements = tree.get("statements") or []
+    node = _plain(statements[0]["node"]) if len(statements) == 1 else {}
+    bare = _plain(_parse_tree("SELECT * FROM items")["statements"][0]["node"])
+    if not node or {k: v for k, v in node.items() if k != "where_clause"} != \
+            {k: v for k, v in bare.items() if k != "where_clause"}:
+        raise InputError(f"filter {where!r} must be a single SQL expression over items columns (no ')', LIMIT, "
+                         "UNION or ; around it)")
+    for part in _walk(node["where_clause"]):
+        if part.get("class") == "SUBQUERY" or part.get("type") in ("SUBQUERY", "TABLE_FUNCTION"):
+            raise InputError(f"filter {where!r} holds a subquery: a filter sees one item's columns only (key, label, "
+                             "text, source, meta, ...); use `embedstore sql` for queries across items")
+    return where
+
+
 def run_sql(db: "Database", query: str, params: Sequence | None = None, allow_writes: bool = False) -> pa.Table:
     """Run `query` and return its result as an Arrow table (the last statement's, when there are several)."""
     if not allow_writes:
@@ -71,6 +124,9 @@ def run_sql(db: "Database", query: str, params: Sequence | None = None, allow_wr
             if last.type in READ_TYPES:
                 return arrow_table(con, last.query, list(params or []))
             rows = con.execute(last, list(params or [])).fetchall()
+        except duckdb.PermissionException as e:
+            raise InputError(f"SQL failed: {str(e).splitlines()[0]}; SQL reaches no file unless asked: pass "
+                             "--allow-files (Python: embedstore.open(path, files=True))") from None
         except duckdb.Error as e:
             raise InputError(f"SQL failed: {e}. Tables: items, datasets, encoders, heads, the embeddings view "
                              "and emb_<fingerprint16> tables (`embedstore sql \"SHOW TABLES\"`)") from None

@@ -1,6 +1,6 @@
 """For tests and benchmarks only: tiny random models saved where a user's spec loads them. No DNA language-model
-(or CLIP, wav2vec2) weights can be downloaded here, so the code paths are checked, and the real architectures
-timed, with random weights saved locally and loaded back through the path a user takes."""
+weights can be downloaded here, so the code path is checked, and the real architecture timed, with random
+weights saved locally and loaded back through the path a user takes (`hf-dna:<dir>`)."""
 
 from __future__ import annotations
 

@@ -33,3 +33,8 @@ def split_names(value: str | Sequence[str], what: str = "names") -> list[str]:
     if not out:
         raise InputError(f"expected one or more {what}, found {value!r}")
     return out
+
+
+def counted(n: int, noun: str) -> str:
+    """`1 row`, `3,000 rows`: counts in messages and summaries."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

@@ -13,6 +13,7 @@ from heads.training import fit
 from heads.head import Head, export, load, load_dir
 from heads.report import evaluate, list_heads
 from heads.select import score
+from heads.zeroshot import zero_shot
 
 __all__ = ["Head", "MODELS", "compare", "curve", "evaluate", "export", "fit", "list_heads", "load", "load_dir",
-           "score"]
+           "score", "zero_shot"]

@@ -9,7 +9,8 @@ import numpy as np
 
 from embedstore.errors import InputError
 from heads.estimators import MODELS, make
-from heads.training import check_model, feature_set, features_of
+from embedstore.features import features_for, features_of
+from heads.training import check_model
 from heads.select import METRICS, PRIMARY, Protocol, evaluate_splits, score
 from heads.targets import targets
 from embedstore.validate import split_names
@@ -20,21 +21,21 @@ if TYPE_CHECKING:
 DEFAULT_MODELS = ("logreg", "svm", "knn", "mlp", "lightgbm")
 
 
-def compare(db: "Database", dataset: str, *, encoder: str | Sequence[str], label: str = "label",
-            model: str | Sequence[str] = DEFAULT_MODELS, cv: int = 5, seed: int = 0, test_dataset: str | None = None,
-            group: str | None = None) -> list[dict]:
+def compare(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", label: str = "label",
+            model: str | Sequence[str] = DEFAULT_MODELS, cv: int = 5, test_dataset: str | None = None,
+            group: str | None = None, seed: int = 0) -> list[dict]:
     """Every (encoder or a+b concatenation, model) under one protocol: the same CV folds on the training items
     common to all encoders, and (if given) one score on the test dataset. Rows are ranked by the CV primary metric,
     never by the test score (choosing by test would make it a validation set). `encoder` and `model` take one
-    name, a comma-separated list, or a sequence."""
-    encoders, models = split_names(encoder, "encoders"), split_names(model, "models")
-    tasks = {MODELS[m].task for m in models if m in MODELS}
-    unknown = [m for m in models if m not in MODELS]
-    if unknown or len(tasks) != 1:
-        raise InputError(f"models must be known and of one task; got {list(models)} "
-                         f"(available: {', '.join(MODELS)})")
+    name, a comma-separated list, or a sequence ('' = the dataset's only encoder)."""
+    encoders = split_names(encoder, "encoders") if encoder else [""]
+    models = [check_model(m) for m in split_names(model, "models")]
+    tasks = {MODELS[m].task for m in models}
+    if len(tasks) != 1:
+        raise InputError(f"compare scores models of one task under one protocol; {models} mix "
+                         f"{', '.join(sorted(tasks))}: compare them in separate runs")
     task = tasks.pop()
-    sets = {e: feature_set(db, dataset, e, label, group) for e in encoders}
+    sets = {e: features_for(db, dataset, e, label, group) for e in encoders}
     common = set.intersection(*(set(fs.content_hashes) for fs in sets.values()))
     rows = []
     for enc, fs in sets.items():
@@ -63,7 +64,7 @@ def compare(db: "Database", dataset: str, *, encoder: str | Sequence[str], label
     return rows
 
 
-def curve(db: "Database", dataset: str, *, encoder: str | Sequence[str], label: str = "label", model: str = "logreg",
+def curve(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", label: str = "label", model: str = "logreg",
           sizes: Sequence[int] = (16, 64, 256, 1024), test_dataset: str | None = None, repeats: int = 3,
           seed: int = 0) -> list[dict]:
     """Test score vs number of labelled training examples (stratified subsamples, several seeds for small
@@ -74,8 +75,8 @@ def curve(db: "Database", dataset: str, *, encoder: str | Sequence[str], label: 
         raise InputError("learning curves are for classification heads")
     from sklearn.model_selection import train_test_split
     rows = []
-    for enc in split_names(encoder, "encoders"):
-        fs = feature_set(db, dataset, enc, label)
+    for enc in (split_names(encoder, "encoders") if encoder else [""]):
+        fs = features_for(db, dataset, enc, label)
         y, _ = targets(task, fs.y, dataset, label)
         X = fs.X
         if test_dataset:

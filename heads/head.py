@@ -16,7 +16,7 @@ import numpy as np
 
 from embedstore.encoders import get_encoder
 from embedstore.errors import FingerprintMismatchError, InputError, NotFoundError
-from embedstore.ingest.cache import check_fingerprint, embed_cached
+from embedstore.ingest.cache import embed_cached
 from embedstore.store import catalog
 from embedstore.store.catalog import check_name
 from embedstore.store.layout import head_dir
@@ -91,10 +91,8 @@ class Head:
         off = 0
         what = f"the vectors head {self.name!r} was trained on"
         for spec, fp, dim in zip(self.meta["encoders"], self.fingerprints, self.meta["dims"]):
-            enc, record = get_encoder(spec), catalog.encoder_record(db, fp)
-            if record is None:  # the store holds no vectors of that fingerprint any more: nothing is cached
-                check_fingerprint(enc, fp, what)
-            got = embed_cached(db, enc, record, inputs, reasons=reasons, what=what)
+            got = embed_cached(db, get_encoder(spec), catalog.encoder_record(db, fp), inputs, reasons=reasons,
+                               fingerprint=fp, what=what)
             reasons = got.reasons
             for i, h in enumerate(got.hashes):
                 if not reasons[i] and h in got.vectors:

@@ -30,15 +30,15 @@ import numpy as np
 
 from embedstore.errors import CorruptFileError
 from embedstore.faults import fault_point
-from embedstore.fsutil import fsync_dir, make_dir
+from embedstore.fsutil import fsync_dir, make_dir, read_verified
 from embedstore.store.layout import head_dir, heads_root
+from heads.estimators import HEAD_CLASSES
 
 MODEL_FILES = ("head.json", "model.json", "model.npz", "train_hashes.npy")
 
 
 def dump_model(model: Any) -> tuple[bytes, bytes]:
     """(model.json, model.npz) for a head from heads.estimators: params + fitted attributes, no pickle."""
-    from heads.estimators import HEAD_CLASSES
     cls = type(model).__name__
     if HEAD_CLASSES.get(cls) is not type(model):
         raise CorruptFileError(f"cannot save a {cls} safely; heads are one of {sorted(HEAD_CLASSES)}")
@@ -64,7 +64,6 @@ def dump_model(model: Any) -> tuple[bytes, bytes]:
 
 
 def load_model(spec_bytes: bytes, npz: Path | bytes) -> Any:
-    from heads.estimators import HEAD_CLASSES
     spec = json.loads(spec_bytes)
     cls = HEAD_CLASSES.get(spec.get("class"))
     if cls is None:
@@ -120,27 +119,13 @@ def write_head_dir(store: Path, name: str, meta: dict, model: Any, train_hashes:
 def read_head_dir(d: Path, checksum: str | None, name: str) -> tuple[dict, Any, np.ndarray]:
     """(meta, model, train hashes) after verifying the manifest (against `checksum` when the store gives one)
     and every model file against the manifest. Never unpickles anything."""
-    man_path = d / "manifest.json"
-    if not man_path.exists():
-        raise CorruptFileError(f"head {name!r}: {man_path} is missing; refit the head (`heads fit ...`)")
-    raw = man_path.read_bytes()
-    if checksum is not None and hashlib.sha256(raw).hexdigest() != checksum:
-        raise CorruptFileError(f"head {name!r}: manifest checksum does not match the store's record; the head "
-                               "files were modified or replaced. Refusing to load it; refit the head")
+    what = f"head {name!r}"
     try:
-        files = json.loads(raw)["files"]
-        if set(files) != set(MODEL_FILES):
-            raise ValueError(f"it lists {sorted(files)}, expected {sorted(MODEL_FILES)}")
-    except (ValueError, KeyError, TypeError) as e:
-        raise CorruptFileError(f"head {name!r}: unreadable manifest ({e})") from None
-    blobs = {}
-    for fname, digest in files.items():
-        path = d / fname
-        data = path.read_bytes() if path.is_file() else b""
-        if not path.is_file() or hashlib.sha256(data).hexdigest() != digest:
-            raise CorruptFileError(f"head {name!r}: {fname} is missing or does not match its checksum; "
-                                   "refusing to load it")
-        blobs[fname] = data
+        blobs = read_verified(d, checksum, what)
+        if set(blobs) != set(MODEL_FILES):
+            raise CorruptFileError(f"{what}: its manifest lists {sorted(blobs)}, expected {sorted(MODEL_FILES)}")
+    except CorruptFileError as e:
+        raise CorruptFileError(f"{e}; refusing to load it: refit the head (`heads fit ...`)") from None
     try:
         meta = json.loads(blobs["head.json"])
         model = load_model(blobs["model.json"], blobs["model.npz"])

@@ -10,7 +10,7 @@ import numpy as np
 
 from embedstore.fsutil import atomic_write_json
 from heads.estimators import MODELS
-from heads.training import features_of
+from embedstore.features import features_of
 from heads.head import load
 from heads.select import METRICS, score
 from heads.targets import targets
@@ -44,8 +44,8 @@ def roc_auc(y: Sequence[str], proba: np.ndarray, classes: Sequence[str]) -> floa
     return float(roc_auc_score(y[known], proba[known], multi_class="ovr", average="macro", labels=list(classes)))
 
 
-def evaluate(db: "Database", name: str, dataset: str, *, label: str = "label", report_dir: Path | None = None
-             ) -> dict:
+def evaluate(db: "Database", name: str, dataset: str, *, label: str = "label",
+             report_dir: str | Path | None = None) -> dict:
     """Score a saved head on a dataset's cached vectors of the same encoder(s); flags train/test overlap.
     Classification adds a per-class report and ROC-AUC. Writes metrics.json (and a confusion-matrix PNG for
     classification) to `report_dir` when given."""
@@ -63,6 +63,7 @@ def evaluate(db: "Database", name: str, dataset: str, *, label: str = "label", r
         out["roc_auc"] = roc_auc(y, head.model.predict_proba(X), classes)
         out["per_class"] = per_class(list(y), list(pred), classes)
     if report_dir is not None:
+        report_dir = Path(report_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
         if head.task == "classification":
             from heads.plots import confusion_png

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 
+from embedstore.errors import InputError
 from heads.estimators import MODELS, make
 
 
@@ -46,29 +47,58 @@ class Protocol:
     cv: int | None = 5
     test_size: float = 0.2
     seed: int = 0
+    small_classes: list = field(default_factory=list)  # classes too small to stratify a hold-out split by
 
     def splits(self, y: np.ndarray, groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The folds (or the one hold-out split). A hold-out split is stratified unless a class has a single
+        item, which no split can put on both sides: then it is a plain shuffled split, and `describe` says so."""
+        import warnings
+
         from sklearn import model_selection as ms
-        idx = np.arange(len(y))
+        n = len(y)
+        if self.cv is not None and not 2 <= self.cv <= n:
+            raise InputError(f"cv={self.cv}: K-fold CV needs K from 2 to the number of training items ({n:,})")
+        if not self.cv and not 0 < self.test_size < 1:
+            raise InputError(f"test_size={self.test_size}: the hold-out fraction must be between 0 and 1 (0 alone "
+                             "means: fit once on every row, without a score)")
+        idx = np.arange(n)
         strat = y if self.task == "classification" else None
+        if strat is not None:
+            names, counts = np.unique(strat, return_counts=True)
+            self.small_classes = [str(c) for c in names[counts < 2]]
         if self.cv:
-            if groups is not None:
-                k = ms.StratifiedGroupKFold if strat is not None else ms.GroupKFold
-                kw = {"shuffle": True, "random_state": self.seed} if strat is not None else {}
-                return list(k(n_splits=self.cv, **kw).split(idx, strat, groups))
-            k = ms.StratifiedKFold if strat is not None else ms.KFold
-            return list(k(n_splits=self.cv, shuffle=True, random_state=self.seed).split(idx, strat))
+            with warnings.catch_warnings():  # classes with fewer items than folds: sklearn warns, the folds still work
+                warnings.simplefilter("ignore", UserWarning)
+                return self._folds(ms, idx, strat, groups)
         if groups is not None:
             splitter = ms.GroupShuffleSplit(n_splits=1, test_size=self.test_size, random_state=self.seed)
             return list(splitter.split(idx, y, groups))
+        if self.small_classes:
+            strat = None
         tr, te = ms.train_test_split(idx, test_size=self.test_size, stratify=strat, random_state=self.seed)
         return [(tr, te)]
 
+    def _folds(self, ms, idx: np.ndarray, strat: np.ndarray | None, groups: np.ndarray | None) -> list:
+        if groups is not None:
+            k = ms.StratifiedGroupKFold if strat is not None else ms.GroupKFold
+            kw = {"shuffle": True, "random_state": self.seed} if strat is not None else {}
+            if len(np.unique(groups)) < self.cv:
+                raise InputError(f"cv={self.cv}: grouped CV needs at least {self.cv} groups, found "
+                                 f"{len(np.unique(groups))}")
+            return list(k(n_splits=self.cv, **kw).split(idx, strat, groups))
+        if strat is not None and np.unique(strat, return_counts=True)[1].max() < self.cv:
+            strat = None  # no class has K items: stratified K-fold cannot run; plain K-fold can
+        k = ms.StratifiedKFold if strat is not None else ms.KFold
+        return list(k(n_splits=self.cv, shuffle=True, random_state=self.seed).split(idx, strat))
+
     def describe(self, grouped: bool) -> str:
-        kind = ("stratified " if self.task == "classification" else "") + ("grouped " if grouped else "")
+        stratified = self.task == "classification" and (self.cv or grouped or not self.small_classes)
+        kind = ("stratified " if stratified else "") + ("grouped " if grouped else "")
         if self.cv:
             return f"{self.cv}-fold {kind}CV (seed {self.seed})"
-        return f"{kind}hold-out {self.test_size:.0%} (seed {self.seed})"
+        why = (f"; not stratified: {len(self.small_classes)} class(es) have a single item, e.g. "
+               f"{self.small_classes[:3]}") if self.small_classes and not stratified else ""
+        return f"{kind}hold-out {self.test_size:.0%} (seed {self.seed}{why})"
 
 
 def evaluate_splits(model: str, params: dict, X: np.ndarray, y: np.ndarray, task: str,

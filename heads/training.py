@@ -12,7 +12,7 @@ import numpy as np
 
 from embedstore.errors import InputError, resource_errors_as_clear
 from embedstore.faults import fault_point
-from embedstore.features import FeatureSet, load_features
+from embedstore.features import features_for, features_of
 from embedstore.fsutil import remove_other_versions
 from embedstore.store import catalog
 from embedstore.store.catalog import check_name
@@ -42,18 +42,6 @@ def check_model(model: str) -> str:
     return model
 
 
-def feature_set(db: "Database", dataset: str, encoder: str, label: str | None, group: str | None = None
-                ) -> FeatureSet:
-    """The dataset's features for an encoder spec ('' = its only encoder; `a+b` concatenates)."""
-    return load_features(db, dataset, catalog.resolve_feature_set(db, encoder, dataset), label, group)
-
-
-def features_of(db: "Database", dataset: str, specs: list[str], fingerprints: list[str], label: str | None
-                ) -> FeatureSet:
-    """A dataset's features of exactly these encoders (by fingerprint), e.g. dev or test for a head's train."""
-    return load_features(db, dataset, catalog.records_in(db, dataset, specs, fingerprints), label)
-
-
 @resource_errors_as_clear()
 def fit(db: "Database", dataset: str, *, encoder: str = "", label: str = "label", model: str = "logreg",
         name: str | None = None, params: dict | None = None, cv: int | None = None, test_size: float = 0.2,
@@ -68,7 +56,7 @@ def fit(db: "Database", dataset: str, *, encoder: str = "", label: str = "label"
     readers are not kept waiting by a long fit."""
     task = MODELS[check_model(model)].task
     name = check_name(name or f"{dataset}-{model}", "head")
-    fs = feature_set(db, dataset, encoder, label, group)
+    fs = features_for(db, dataset, encoder, label, group)
     X = fs.X
     y, label_names = targets(task, fs.y, dataset, label)
     unscored = not cv and not dev_dataset and test_size == 0  # fit once, on every row, and report no score

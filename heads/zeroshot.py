@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from embedstore.encoders import get_encoder
 from embedstore.errors import InputError
 from embedstore.features import column_expr, label_column, load_features
-from embedstore.ingest.cache import check_fingerprint
+from embedstore.ingest.cache import text_tower
 from embedstore.store import catalog
 from heads.estimators import softmax
 from heads.select import score
@@ -55,10 +54,7 @@ def zero_shot(db: "Database", dataset: str, labels: Sequence[str], *, encoder: s
     if bad:
         raise InputError(f"each template needs a {{}} where the label goes, e.g. 'a photo of a {{}}.'; found {bad}")
     record = catalog.resolve_encoder(db, encoder, dataset)
-    enc = get_encoder(record.spec)
-    if not hasattr(enc, "embed_text"):
-        raise InputError(f"zero-shot labels need an encoder with a text tower (clip:...); {record.spec} has none")
-    check_fingerprint(enc, record.fingerprint)
+    enc = text_tower(record, "give zero-shot labels: ingest the images with a clip: encoder")
     fs = load_features(db, dataset, [record], None)
     X = fs.X / np.maximum(np.linalg.norm(fs.X, axis=1, keepdims=True), 1e-12)
     proba = softmax(enc.logit_scale * (X @ prompt_vectors(enc, labels, templates).T))

@@ -60,7 +60,7 @@ def test_sst2_slice_end_to_end(tmp_path, minilm_available):
     assert [r["prediction"] for r in rows] == ["1", "0", ""] and rows[2]["skipped"]
 
     hits = json.loads(cli("embedstore", "search", "--dataset", "sst2", "--text", "a warm, funny film", "-k", "5",
-                          "--format", "json", store=store).stdout)
+                          "--output-format", "json", store=store).stdout)
     assert len(hits) == 5 and hits[0]["score"] >= hits[-1]["score"]
     info = json.loads(cli("embedstore", "info", "--json", store=store).stdout)
     assert {d["name"]: d["items"] for d in info["datasets"]} == {"sst2": 2000, "sst2-test": 872}

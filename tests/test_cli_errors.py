@@ -46,7 +46,7 @@ BAD = [
     ("embedstore", ["search", "--dataset", "d", "--text", "x", "--encoder", "minilm"], "no vectors for encoder"),
     ("embedstore", ["sql", "DELETE FROM items"], "read-only"),
     ("embedstore", ["sql", "SELEKT 1"], "cannot parse SQL"),
-    ("embedstore", ["sql", "SELECT 1", "--format", "parquet"], "needs --out"),
+    ("embedstore", ["sql", "SELECT 1", "--output-format", "parquet"], "needs --out"),
     ("embedstore", ["delete", "--dataset", "nope"], "no dataset 'nope'"),
     ("embedstore", ["encoders", "--options", "bogus"], "unknown scheme 'bogus'; available"),
     ("embedstore", ["map", "--dataset", "nope"], "no dataset 'nope'"),

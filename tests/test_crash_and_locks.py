@@ -112,9 +112,9 @@ def test_second_writer_fails_fast_and_readers_work_during_ingest(tmp_path):
                      store=store, check=False)
         assert second.returncode == 2 and time.monotonic() - t0 < 30
         assert f"locked by PID {proc.pid}" in second.stderr
-        q = cli("embedstore", "sql", "SELECT count(*) AS n FROM items", "--format", "json", store=store)
+        q = cli("embedstore", "sql", "SELECT count(*) AS n FROM items", "--output-format", "json", store=store)
         assert '"n"' in q.stdout
-        hits = cli("embedstore", "search", "--dataset", "d", "--text", "alpha beta gamma", "-k", "3", "--format",
+        hits = cli("embedstore", "search", "--dataset", "d", "--text", "alpha beta gamma", "-k", "3", "--output-format",
                    "json", store=store)
         assert hits.stdout.count('"key"') == 3
         assert proc.poll() is None, "the readers ran after the ingest ended; the test proves nothing"
@@ -167,7 +167,7 @@ def test_a_query_is_let_in_between_batches_of_a_fast_ingest(tmp_path):
         wait_for_items(store, proc, 4_000, dataset="e")
         answered = []
         for _ in range(3):
-            q = cli("embedstore", "sql", "SELECT count(*) AS n FROM items WHERE dataset = 'e'", "--format", "json",
+            q = cli("embedstore", "sql", "SELECT count(*) AS n FROM items WHERE dataset = 'e'", "--output-format", "json",
                     store=store, env={"EMBEDSTORE_LOCK_WAIT": "60"})
             answered.append(json.loads(q.stdout)[0]["n"])
         assert proc.poll() is None, "the ingest ended before the queries; the test proves nothing"

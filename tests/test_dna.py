@@ -461,7 +461,7 @@ def test_cli_fasta_ingest_sequence_column_and_search(tmp_path):
     cli("embedstore", "ingest", str(csv), "--dataset", "prom", "--sequence-column", "sequence", "--label-column",
         "label", "--encoder", "kmer:3", "--quiet", store=s)
     hits = json.loads(cli("embedstore", "search", "--dataset", "genes", "--sequence", "acgtacgtacgtaaaa", "-k", "2",
-                          "--format", "json", store=s).stdout)
+                          "--output-format", "json", store=s).stdout)
     assert [h["key"] for h in hits] == ["a", "c"] and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
     bad = cli("embedstore", "search", "--dataset", "genes", "--sequence", "ACGU-ACG", store=s, check=False)
     assert bad.returncode != 0 and "invalid character '-' at position 5" in bad.stderr

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from embedstore.errors import EncoderUnavailableError, InputError
+from embedstore.encoders.image.gpu_decode import resize_crop
 from embedstore.media.images import Preprocess, decode_image
 from embedstore.media.workers import Decoder
 from embedstore.sources.images import from_arrays, read_idx, tar_subset
@@ -241,7 +242,7 @@ def test_device_resize_for_gpu_decoding_matches_the_cpu_path(vit):
     y, x = np.mgrid[0:300, 0:451]
     a = np.stack([x / 451 * 255, y / 300 * 255, (x * 3 + y) % 256], -1).astype(np.uint8)
     cpu = decode_image(_encode(Image.fromarray(a), "PNG"), vit.preprocess).astype(float)
-    device = vit._gpu_resize_crop(torch.from_numpy(a).permute(2, 0, 1).contiguous()).numpy().astype(float)
+    device = resize_crop(torch.from_numpy(a).permute(2, 0, 1).contiguous(), vit.preprocess).numpy().astype(float)
     assert cpu.shape == device.shape == (160, 160, 3) and np.abs(cpu - device).mean() < 0.5
 
 
@@ -406,7 +407,7 @@ def test_cli_image_search_and_zero_shot(models, photos, tmp_path):
     with embedstore.open(path) as store:
         store.ingest(photos, dataset="pets", encoder=models["clip"], progress=False)
     out = cli("embedstore", "search", "--dataset", "pets", "--image", str(photos / "red" / "2.jpg"), "-k", "3",
-              "--format", "json", store=path).stdout
+              "--output-format", "json", store=path).stdout
     assert json.loads(out)[0]["key"] == "red/2.jpg" and len(json.loads(out)) == 3
     out = cli("heads", "zero-shot", "--dataset", "pets", "--labels", "red,blue", "--json",
               "--out", str(tmp_path / "z.csv"), store=path).stdout

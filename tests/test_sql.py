@@ -26,29 +26,28 @@ def test_views_and_cosine_in_sql(store):
     df = store.sql(f"""
         SELECT ib.key, array_cosine_similarity(a.vector, b.vector) AS cos
         FROM items ia JOIN {rec.table} a USING (content_hash), items ib JOIN {rec.table} b USING (content_hash)
-        WHERE ia.key = 'python:1' AND ib.dataset = 'd' ORDER BY ib.key""")
-    X, _ = store.features("d", encoder="hashing:32", label=None)
+        WHERE ia.text = 'red apple' AND ib.dataset = 'd' ORDER BY ib.item_id""")
+    X, _ = store.features("d", encoder="hashing:32", label=None)  # in item-id order
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     np.testing.assert_allclose(df["cos"].to_numpy(), Xn @ Xn[0], rtol=1e-5, atol=1e-6)
-    view = store.sql("SELECT key, encoder, len(vector) AS dim FROM embeddings ORDER BY key").to_dicts()
-    assert view == [{"key": f"python:{i}", "encoder": "hashing:32", "dim": 32} for i in (1, 2, 3)]
+    view = store.sql("SELECT text, encoder, len(vector) AS dim FROM embeddings ORDER BY item_id").to_dicts()
+    assert view == [{"text": t, "encoder": "hashing:32", "dim": 32} for t in ("red apple", "green apple", "blue sky")]
 
 
 def test_cli_formats_and_refusal(store, tmp_path):
     store.ingest(["one", "two"], dataset="d", encoder="hashing:16", progress=False)
     path = store.path
     store.close()
-    q = "SELECT key, text FROM items ORDER BY key"
-    assert json.loads(cli("embedstore", "sql", q, "--format", "json", store=path).stdout)[0] == \
-        {"key": "python:1", "text": "one"}
-    assert cli("embedstore", "sql", q, "--format", "csv", store=path).stdout.splitlines()[0] == "key,text"
+    q = "SELECT text, key FROM items ORDER BY item_id"
+    assert json.loads(cli("embedstore", "sql", q, "--output-format", "json", store=path).stdout)[0]["text"] == "one"
+    assert cli("embedstore", "sql", q, "--output-format", "csv", store=path).stdout.splitlines()[0] == "text,key"
     out = tmp_path / "r.parquet"
-    cli("embedstore", "sql", q, "--format", "parquet", "--out", str(out), store=path)
+    cli("embedstore", "sql", q, "--output-format", "parquet", "--out", str(out), store=path)
     import pyarrow.parquet as pq
     assert pq.read_table(out).num_rows == 2
     table = cli("embedstore", "sql", q, store=path).stdout
-    assert "python:2" in table and "key" in table.splitlines()[0]
+    assert "two" in table and "key" in table.splitlines()[0]
     bad = cli("embedstore", "sql", "DELETE FROM items", store=path, check=False)
     assert bad.returncode == 2 and "read-only" in bad.stderr
-    cli("embedstore", "sql", "DELETE FROM items WHERE key = 'python:2'", "--allow-writes", store=path)
-    assert len(json.loads(cli("embedstore", "sql", q, "--format", "json", store=path).stdout)) == 1
+    cli("embedstore", "sql", "DELETE FROM items WHERE text = 'two'", "--allow-writes", store=path)
+    assert len(json.loads(cli("embedstore", "sql", q, "--output-format", "json", store=path).stdout)) == 1

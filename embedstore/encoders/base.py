@@ -32,22 +32,11 @@ class Embedded:
     truncated: np.ndarray | None = None  # bool [n]
 
 
-DTYPES = ("auto", "float32", "bfloat16")  # the `dtype` option of the neural encoders
-
-
-def resolve_dtype(want: str, device: str) -> str:
-    """The `dtype` option made concrete: auto is bf16 on CUDA (where it is fast and accurate enough for
-    features) and float32 elsewhere."""
-    if want == "auto":
-        return "bfloat16" if device.startswith("cuda") else "float32"
-    return want
-
-
 class Encoder(ABC):
     """Lazy: constructing one reads no weights; `fingerprint` and `dim` may load what they need.
 
     `OPTIONS` declares the spec options the class takes (encoders/options.py); `self.opts` holds their parsed
-    values (defaults filled in) and `self.given` the names the user set."""
+    values (defaults filled in)."""
 
     scheme: ClassVar[str]
     modality: ClassVar[str]
@@ -59,7 +48,6 @@ class Encoder(ABC):
         self.spec = spec
         self.name = name
         self.revision = revision
-        self.given = frozenset(options)
         self.opts: dict[str, Any] = parse_options(spec, self.scheme, options, self.OPTIONS)
         if self.opts.get("batch_size"):
             self.batch_size = self.opts["batch_size"]
@@ -166,29 +154,3 @@ def hash_files(root: str | os.PathLike, skip: Callable[[str], bool] = lambda rel
             out[rel] = sha256_file(full)
     return out
 
-
-EMPTY_TEXT = "empty or whitespace-only text"
-
-
-class TextEncoder(Encoder):
-    """What every text encoder shares: empty text is skipped, and batches sort by length in characters (about 4
-    per token), capped where the model truncates (`max_length` tokens) since beyond it every text costs the same."""
-
-    modality = "text"
-    max_length: int = 0  # tokens; 0: no cap
-
-    def skip_reason(self, content: str) -> str | None:
-        return EMPTY_TEXT if not content or not content.strip() else None
-
-    def length(self, content: str) -> int:
-        return min(len(content), 4 * self.max_length) if self.max_length else len(content)
-
-    def count_tokens(self, tokenizer: Any, texts: list[str], n_tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens before truncation, truncated) per text, from the padded batch's token counts: only texts at the
-        cap can have been cut, so only those are tokenised again, whole."""
-        n_tok = np.asarray(n_tok, dtype=np.int64).copy()
-        truncated = np.zeros(len(texts), dtype=bool)
-        for i in np.flatnonzero(n_tok >= self.max_length):
-            full = len(tokenizer(texts[i], truncation=False)["input_ids"])
-            n_tok[i], truncated[i] = full, full > self.max_length
-        return n_tok, truncated

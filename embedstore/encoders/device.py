@@ -8,8 +8,19 @@ from functools import cached_property
 from typing import Any
 
 from embedstore import config
-from embedstore.encoders.base import DTYPES, Encoder, resolve_dtype
+from embedstore.encoders.base import Encoder
 from embedstore.encoders.options import Option
+
+DTYPES = ("auto", "float32", "bfloat16")  # the `dtype` option of the neural encoders
+
+
+def resolve_dtype(want: str, device: str) -> str:
+    """The `dtype` option made concrete: auto is bf16 on CUDA (where it is fast and accurate enough for
+    features) and float32 elsewhere."""
+    if want == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return want
+
 
 DEVICE = Option("device", "str", help="cpu, cuda, cuda:N (default: EMBEDSTORE_DEVICE, auto = cuda when available)")
 DTYPE = Option("dtype", "choice", "auto", DTYPES, help="compute dtype; auto = bfloat16 on CUDA, else float32")

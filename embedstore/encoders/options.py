@@ -1,6 +1,7 @@
 """One grammar for spec options (`scheme:name?key=value&...`): each encoder class declares its options once.
 
-An `Option` says how its value parses (int, float, bool, str, or one of `choices`), its default, its bounds, and
+An `Option` says how its value parses (int, float, bool, switch = auto or a bool, str, or one of `choices`), its
+default, its bounds, and
 whether it changes the vectors (`fingerprint=True`: it must then appear in the encoder's `identity()`; options
 that do not, such as device, dtype and batch size, are recorded per vector or not at all). `Encoder.__init__`
 parses the user's options against the class's declaration: an unknown option or a bad value is refused with
@@ -16,7 +17,7 @@ from typing import Any, Iterable
 from embedstore.errors import InputError
 
 TRUE, FALSE = ("true", "yes", "1"), ("false", "no", "0")
-KINDS = ("int", "float", "bool", "str", "choice")
+KINDS = ("int", "float", "bool", "switch", "str", "choice")
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,8 @@ class Option:
         """`name=<what>` as shown in errors and `embedstore encoders --options`."""
         if self.kind == "choice":
             what = "|".join(self.choices)
-        elif self.kind == "bool":
-            what = "true|false"
+        elif self.kind in ("bool", "switch"):
+            what = "true|false" if self.kind == "bool" else "auto|true|false"
         elif self.low is not None or self.high is not None:
             what = f"{self.kind} {'' if self.low is None else f'>= {self.low:g}'}" \
                    f"{'' if self.high is None else f' <= {self.high:g}'}".rstrip()
@@ -51,8 +52,10 @@ class Option:
         """The typed value of `raw`, or an InputError naming the option, what it takes and what it got."""
         bad = InputError(f"encoder {spec!r}: option {self.name} takes {self.describe().split('=', 1)[1]}, "
                          f"not {raw!r}")
-        if self.kind == "bool":
+        if self.kind in ("bool", "switch"):
             low = raw.strip().lower()
+            if self.kind == "switch" and low == "auto":
+                return "auto"
             if low not in TRUE + FALSE:
                 raise bad
             return low in TRUE

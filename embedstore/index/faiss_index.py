@@ -28,7 +28,7 @@ TARGET_RECALL = 0.97  # nprobe is raised until held-out recall@10 reaches this o
 
 def choose_factory(n: int) -> str:
     """Exact search up to `exact_index_max` vectors; above it IVF with ~4*sqrt(n) lists (power of two)."""
-    if n <= int(config.setting("exact_index_max")):
+    if n <= config.number("exact_index_max", int):
         return "IDMap2,Flat"
     nlist = 2 ** max(6, round(math.log2(4 * math.sqrt(n))))
     return f"IVF{nlist},Flat"

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedstore.encoders import Encoder, get_encoder
-from embedstore.errors import FingerprintMismatchError
+from embedstore.errors import FingerprintMismatchError, InputError
 from embedstore.hashing import content_hash
 from embedstore.store import catalog
 from embedstore.store.queries import arrow_table, vector_block
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from embedstore.store.database import Database
 
 NON_FINITE = "the encoder produced non-finite values (NaN/inf)"
+ZERO = ("the encoder gave an all-zero vector (nothing in this input it can represent, e.g. only punctuation, "
+        "NUL characters or words shorter than its tokens): it would match nothing")
 NO_ROWS = pa.table({"content_hash": pa.array([], pa.string())})
 
 
@@ -42,6 +44,15 @@ def check_fingerprint(enc: Encoder, fingerprint: str, what: str = "the stored ve
             f"{fingerprint[:12]} (weights or settings changed); re-ingest with the current encoder (and refit "
             "heads)")
     return enc
+
+
+def text_tower(record: "EncoderRecord", purpose: str) -> Encoder:
+    """The encoder of image vectors whose text tower (CLIP) embeds text into their space, checked against the
+    fingerprint that made them; `purpose` completes "it cannot ..." when the encoder has none."""
+    enc = get_encoder(record.spec)
+    if not hasattr(enc, "embed_text"):
+        raise InputError(f"{record.spec} has no text tower (clip: encoders have one), so it cannot {purpose}")
+    return check_fingerprint(enc, record.fingerprint)
 
 
 def lookup(con: "duckdb.DuckDBPyConnection", record: "EncoderRecord", hashes: list[str]) -> tuple[dict, dict]:
@@ -92,9 +103,11 @@ class Cached:
 
 def embed_cached(db: "Database | None", enc: Encoder, record: "EncoderRecord | None", contents: Sequence[Any], *,
                  reasons: Sequence[str | None] | None = None, con: "duckdb.DuckDBPyConnection | None" = None,
-                 progress: Callable[[int], None] | None = None, what: str = "the stored vectors") -> Cached:
+                 progress: Callable[[int], None] | None = None, fingerprint: str | None = None,
+                 what: str = "the stored vectors") -> Cached:
     """Vectors for `contents`: from `record`'s table where cached, else by `enc` (nothing is written here), which
-    must then have `record`'s fingerprint (`what` names whose vectors, for the refusal).
+    must then have the expected fingerprint (`fingerprint`, else `record`'s; `what` names whose vectors, for the
+    refusal).
 
     `reasons` are skip reasons already known (e.g. an unreadable row); the encoder's own are added. The database
     is released before the encoder runs (a no-op while a caller holds it), so that readers get in meanwhile;
@@ -117,25 +130,29 @@ def embed_cached(db: "Database | None", enc: Encoder, record: "EncoderRecord | N
     todo = [h for h in wanted if h not in vec_of]
     rows = NO_ROWS
     if todo:
-        if record is not None:
-            check_fingerprint(enc, record.fingerprint, what)
+        expected = fingerprint or (record.fingerprint if record is not None else None)
+        if expected is not None:
+            check_fingerprint(enc, expected, what)
         if db is not None:
             db.release()  # let readers in while the encoder runs
         content_of = {h: c for h, c in zip(hashes, contents) if h}
-        rows = _embed(enc, record.dim if record else enc.dim, todo, content_of, vec_of, trunc_of, progress)
-        failed = {h for h in todo if h not in vec_of}
+        rows, failed = _embed(enc, record.dim if record else enc.dim, todo, content_of, vec_of, trunc_of, progress)
         if failed:  # e.g. an image decoder learns why a file cannot be embedded only when it decodes it: ask again
-            reasons = [why or ((enc.skip_reason(c) or NON_FINITE) if h in failed else None)
+            reasons = [why or ((enc.skip_reason(c) or failed[h]) if h in failed else None)
                        for c, h, why in zip(contents, hashes, reasons)]
     return Cached(hashes, reasons, vec_of, trunc_of, todo, rows)
 
 
 def _embed(enc: Encoder, dim: int, todo: list[str], content_of: dict, vec_of: dict, trunc_of: dict,
-           progress: Callable[[int], None] | None) -> pa.Table:
-    """Embed the contents of `todo` hashes into vec_of/trunc_of (non-finite outputs left out) and return them
-    as rows of the encoder's table."""
+           progress: Callable[[int], None] | None) -> tuple[pa.Table, dict[str, str]]:
+    """Embed the contents of `todo` hashes into vec_of/trunc_of and return them as rows of the encoder's table,
+    with why each left-out hash failed: a non-finite or an all-zero vector (no direction: cosine undefined)."""
     out = enc.embed([content_of[h] for h in todo], progress=progress)
-    keep = np.flatnonzero(np.isfinite(out.vectors).all(axis=1))
+    finite = np.isfinite(out.vectors).all(axis=1)
+    nonzero = np.zeros(len(todo), bool)
+    nonzero[finite] = np.abs(out.vectors[finite]).max(axis=1) > 0
+    keep = np.flatnonzero(finite & nonzero)
+    failed = {todo[j]: (ZERO if finite[j] else NON_FINITE) for j in np.flatnonzero(~(finite & nonzero))}
     truncated = out.truncated if out.truncated is not None else np.zeros(len(todo), bool)
     for j in keep:
         vec_of[todo[j]] = out.vectors[j]
@@ -147,7 +164,7 @@ def _embed(enc: Encoder, dim: int, todo: list[str], content_of: dict, vec_of: di
         "truncated": pa.array(truncated[keep]),
         "device": pa.array([enc.device] * len(keep), pa.string()),
         "dtype": pa.array([enc.dtype] * len(keep), pa.string()),
-    })
+    }), failed
 
 
 def encode(db: "Database | None", inputs: Sequence[Any], encoder: str) -> np.ndarray:

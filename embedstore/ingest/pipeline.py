@@ -18,15 +18,17 @@ import pyarrow as pa
 
 from embedstore import config
 from embedstore.encoders import Encoder, get_encoder
-from embedstore.errors import resource_errors_as_clear
+from embedstore.errors import InputError, resource_errors_as_clear
 from embedstore.faults import fault_point
 from embedstore.index import sync
 from embedstore.index.sync import LiveIndex
 from embedstore.ingest.cache import NON_FINITE, embed_cached, insert
 from embedstore.ingest.progress import Progress
 from embedstore.sources import Record, TableOptions, open_source
+from embedstore.sources.records import storable
 from embedstore.store import catalog
 from embedstore.store.catalog import EncoderRecord, check_name
+from embedstore.validate import counted
 
 if TYPE_CHECKING:
     from embedstore.store.database import Database
@@ -46,19 +48,24 @@ class IngestReport:
     skipped: dict = field(default_factory=dict)   # reason -> count
     truncated: int = 0
     duplicate_keys: int = 0
+    escaped: int = 0           # rows with a key/label/metadata UTF-8 cannot hold, stored escaped
     seconds: float = 0.0
     index: str = ""
     notes: list = field(default_factory=list)     # from the source, e.g. files it ignored
 
     def summary(self) -> str:
         skipped = sum(self.skipped.values())
-        lines = [f"{self.dataset} <- {self.encoder} (fp:{self.fingerprint[:12]}): {self.rows:,} rows in "
+        lines = [f"{self.dataset} <- {self.encoder} (fp:{self.fingerprint[:12]}): {counted(self.rows, 'row')} in "
                  f"{self.seconds:.1f}s; items new {self.new_items:,}, updated {self.updated_items:,}, "
                  f"unchanged {self.unchanged_items:,}; vectors embedded {self.embedded:,}, cached {self.cached:,}; "
                  f"skipped {skipped:,}; truncated {self.truncated:,}; index {self.index}"]
         lines += [f"  skipped {n:,}: {reason}" for reason, n in sorted(self.skipped.items(), key=lambda x: -x[1])]
+        if self.escaped:
+            lines.append(f"  {counted(self.escaped, 'row')} held unpaired surrogates (half characters) that UTF-8 cannot "
+                         "store: their key, label or metadata are stored escaped, their text skipped")
         if self.duplicate_keys:
-            lines.append(f"  {self.duplicate_keys:,} rows repeated an earlier key in the same chunk; the last won")
+            lines.append(f"  {counted(self.duplicate_keys, 'row')} repeated an earlier key of the source and "
+                         "were not written (the first row of a key is kept; give unique ids with --id-column)")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -86,8 +93,13 @@ def ingest(db: "Database", source: Any, *, dataset: str, encoder: str | Encoder,
            label_column: str | None = None, id_column: str | None = None, sep: str | None = None,
            quoting: str = "auto", header: bool = True, columns: list[str] | None = None,
            encoding: str = "utf-8", format: str | None = None, source_name: str | None = None,
-           chunk_size: int | None = None, progress: bool = True, path_column: str | None = None) -> IngestReport:
-    """Embed `source` into `dataset` with `encoder` (a spec or an Encoder); returns what happened."""
+           chunk_size: int | None = None, progress: bool = True, path_column: str | None = None,
+           replace: bool = False) -> IngestReport:
+    """Embed `source` into `dataset` with `encoder` (a spec or an Encoder); returns what happened.
+
+    Keys: `id_column`, else `<file name>:<row>` for files and a digest of the row for Python rows (see
+    embedstore.sources). A key repeated in the source keeps its first row (the others are counted, not
+    written). Items that the same keys hold from another source file are replaced only with `replace=True`."""
     db.require_writable()
     check_name(dataset)
     opts = TableOptions(text_column, label_column, id_column, sep, quoting, header, columns, encoding, format,
@@ -101,14 +113,14 @@ def ingest(db: "Database", source: Any, *, dataset: str, encoder: str | Encoder,
     if src.total:
         live.reserve(live.index.ntotal + src.total)
     report = IngestReport(dataset, enc.spec, record.fingerprint)
-    skipped: Counter = Counter()
-    every = int(config.setting("checkpoint_items"))
+    run = _Run(dataset, src.name, label_column, replace, report)
+    every = config.number("checkpoint_items", int, 1)
     size = chunk_size or CHUNK_START
     it = iter(src)
     with Progress(total=src.total, desc=f"ingest {dataset}", enabled=progress) as bar:
         while chunk := _take(it, size):
             t0 = time.perf_counter()
-            _ingest_chunk(db, enc, record, live, (dataset, src.name, label_column), chunk, report, skipped, bar)
+            _ingest_chunk(db, enc, record, live, run, chunk, bar)
             if live.unsaved >= max(every, live.index.ntotal // 4):  # geometric: total writes stay O(n)
                 live.persist()
             db.yield_to_readers()
@@ -117,11 +129,29 @@ def ingest(db: "Database", source: Any, *, dataset: str, encoder: str | Encoder,
     live.persist()
     sync.forget(db, keep=live)  # others may hold re-keyed items or lack vectors shared with this dataset
     db.release()
-    report.skipped = dict(skipped)
+    report.skipped = dict(run.skipped)
     report.notes = list(src.notes)
     report.index = f"{live.index.factory} ({live.index.ntotal:,} vectors, {live.origin} on open)"
     report.seconds = time.perf_counter() - start
     return report
+
+
+@dataclass
+class _Run:
+    """What every chunk of one ingest shares."""
+
+    dataset: str
+    source: str                   # the source's name (datasets.source)
+    label_column: str | None
+    replace: bool                 # items of the same keys from another source file may be replaced
+    report: IngestReport
+    skipped: Counter = field(default_factory=Counter)
+    seen: set = field(default_factory=set)   # keys read so far: a repeated key keeps its first row
+
+
+def _same_source(old: str | None, new: str | None) -> bool:
+    """Stores written before sources were recorded by path hold the file name alone: that is the same source."""
+    return old is None or new is None or old == new or (old == new.rsplit("/", 1)[-1] and "/" not in old)
 
 
 @dataclass
@@ -142,18 +172,28 @@ class _Row:
 
 
 def _plan(recs: list[Record], hashes: list, reasons: list, existing: dict, vec_of: dict, trunc_of: dict,
-          fresh: set, report: IngestReport, skipped: Counter):
-    """Sort the chunk's records into new rows, changed rows (new item id), rows whose label/meta changed, and
-    unchanged rows whose vector this encoder made just now (an item first ingested with another encoder): those
-    join this encoder's index without a database write."""
+          fresh: set, run: _Run):
+    """Sort the chunk's records into new rows, changed rows (new item id), rows whose label/meta/source changed,
+    and unchanged rows whose vector this encoder made just now (an item first ingested with another encoder):
+    those join this encoder's index without a database write."""
+    report, skipped = run.report, run.skipped
     new, changed, relabelled, gone_ids, revectored = [], [], [], [], []
+    made: set = set()  # fresh vectors already counted: a second row of the same content reuses it (cached)
+    other = [r.key for r in recs if r.key in existing and not _same_source(existing[r.key][4], r.source)]
+    if other and not run.replace:
+        old = existing[other[0]][4]
+        raise InputError(f"dataset {run.dataset!r} already holds {len(other):,} of these keys (e.g. {other[0]!r}) "
+                         f"from another source, {old}; ingesting {recs[0].source} would replace them. Pass "
+                         "--replace (replace=True) if that is meant, give the rows unique ids with --id-column, or "
+                         "ingest into another --dataset")
     for r, h, why in zip(recs, hashes, reasons):
         if not why and vec_of.get(h) is None:
             why = NON_FINITE
         if why:
             skipped[why] += 1
         else:
-            report.cached += h not in fresh
+            report.cached += h not in fresh or h in made
+            made.add(h)
             report.truncated += bool(trunc_of.get(h))
         meta = json.dumps(r.meta, default=str) if r.meta else None
         row = _Row(r.key, h, r.content if isinstance(r.content, str) else None, r.source, r.label, meta,
@@ -173,8 +213,8 @@ def _plan(recs: list[Record], hashes: list, reasons: list, existing: dict, vec_o
                     (r.label, r.source, json.loads(meta) if meta else None):
                 relabelled.append(row)
     report.new_items += len(new)
-    report.updated_items += len(changed)
-    report.unchanged_items += len(recs) - len(new) - len(changed)
+    report.updated_items += len(changed) + len(relabelled)  # a new label or source is an update too
+    report.unchanged_items += len(recs) - len(new) - len(changed) - len(relabelled)
     return new, changed, relabelled, gone_ids, revectored
 
 
@@ -203,17 +243,22 @@ def _write(con, dataset: str, record: EncoderRecord, new_emb: pa.Table, new: lis
         con.unregister("_items")
 
 
-def _ingest_chunk(db: "Database", enc: Encoder, record: EncoderRecord, live: LiveIndex,
-                  target: tuple[str, str, str | None], chunk: list[Record], report: IngestReport, skipped: Counter,
-                  bar: Any) -> None:
-    dataset, source, label_column = target  # the dataset, the source's name, the column labels come from
+def _ingest_chunk(db: "Database", enc: Encoder, record: EncoderRecord, live: LiveIndex, run: _Run,
+                  chunk: list[Record], bar: Any) -> None:
+    report, dataset = run.report, run.dataset
     report.rows += len(chunk)
-    by_key: dict[str, Record] = {}
+    recs = []
     for r in chunk:
-        report.duplicate_keys += r.key in by_key
-        by_key[r.key] = r
-    recs = list(by_key.values())
-    bar.update(len(chunk) - len(recs))  # repeated keys: the last one stands for them
+        r, escaped = storable(r)
+        report.escaped += escaped
+        if r.key in run.seen:  # the first row of a key stands for it, wherever the repeat is
+            report.duplicate_keys += 1
+            continue
+        run.seen.add(r.key)
+        recs.append(r)
+    bar.update(len(chunk) - len(recs))
+    if not recs:
+        return
     with db.connect() as con:
         con.register("_keys", pa.table({"key": [r.key for r in recs]}))
         existing = {row[0]: row[1:] for row in con.execute(
@@ -224,10 +269,10 @@ def _ingest_chunk(db: "Database", enc: Encoder, record: EncoderRecord, live: Liv
                            progress=bar.update)
     report.embedded += got.rows.num_rows
     new, changed, relabelled, gone_ids, revectored = _plan(recs, got.hashes, got.reasons, existing, got.vectors,
-                                                           got.truncated, set(got.fresh), report, skipped)
+                                                           got.truncated, set(got.fresh), run)
     with db.transaction() as con:
         catalog.require_fresh_dataset_modality(db, dataset, enc.modality)
-        catalog.ensure_dataset(con, dataset, enc.modality, source, label_column)
+        catalog.ensure_dataset(con, dataset, enc.modality, run.source, run.label_column)
         con.execute("INSERT INTO dataset_encoders VALUES (?, ?) ON CONFLICT DO NOTHING",
                     [dataset, record.fingerprint])
         _write(con, dataset, record, got.rows, new, changed, relabelled)
@@ -240,4 +285,4 @@ def _ingest_chunk(db: "Database", enc: Encoder, record: EncoderRecord, live: Liv
         live.add(np.asarray([r.item_id for r in ok], np.int64),
                  np.stack([got.vectors[r.content_hash] for r in ok]))
     fault_point("ingest.chunk.after_index_add")
-    bar.set_postfix(embedded=report.embedded, cached=report.cached, skipped=sum(skipped.values()))
+    bar.set_postfix(embedded=report.embedded, cached=report.cached, skipped=sum(run.skipped.values()))

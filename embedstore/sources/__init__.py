@@ -1,5 +1,5 @@
 """Sources: every input a user can ingest, read as Records in source order. `open_source` is the one dispatch;
-each reader module knows one family of inputs and nothing of the others:
+each reader module knows one family of inputs (images.py reads a path column's table through tables.py):
 
     tables.py   CSV/TSV/JSONL/Parquet, .txt (one text per line), folders of .txt files, DataFrames, Python rows
     fasta.py    FASTA/FASTQ (plain or .gz)
@@ -18,9 +18,9 @@ from embedstore.errors import InputError
 from embedstore.sources.fasta import open_sequences, sequence_format
 from embedstore.sources.images import from_arrays, open_image_source, read_idx
 from embedstore.sources.records import Record, Source, TableOptions
-from embedstore.sources.tables import open_rows
+from embedstore.sources.tables import FORMATS, open_rows
 
-__all__ = ["Files", "Record", "Source", "TableOptions", "from_arrays", "open_source", "read_idx"]
+__all__ = ["FORMATS", "Files", "Record", "Source", "TableOptions", "from_arrays", "open_source", "read_idx"]
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,32 @@ def open_source(source: Any, opts: TableOptions, name: str | None = None, modali
         chained.records = _in_turn(parts, chained.notes)
         return chained
     if modality == "image":
-        return open_image_source(source, opts, name)
+        src = open_image_source(source, opts, None if isinstance(source, (str, Path)) else name)
+        return _located(src, name or str(Path(source).expanduser().resolve())) if isinstance(source, (str, Path)) \
+            else src
     if opts.path_column:
         raise InputError(f"--path-column names a column of image files, for image encoders; {modality} is read "
                          "from --text-column")
     if isinstance(source, (str, Path)):
         path = Path(source).expanduser()
         if path.is_file() and (fmt := sequence_format(path, opts)):
-            return open_sequences(path, opts, fmt)
+            return _located(open_sequences(path, opts, fmt), name or str(path.resolve()))
+        return _located(open_rows(source, opts), name or str(path.resolve()))
     return open_rows(source, opts, name)
+
+
+def _located(src: Source, origin: str) -> Source:
+    """Items record where they came from: the file's (or folder's) full path, or the `name` the caller gave
+    (e.g. stdin). Keys use the file name alone, so two files of one name in one dataset meet here: the ingest
+    refuses to let one replace the other's items unless asked (see ingest's `replace`)."""
+    records = src.records
+
+    def stamped() -> Iterator[Record]:
+        for r in records:
+            r.source = origin
+            yield r
+    src.records = stamped()
+    return src
 
 
 def _in_turn(parts: list[Source], notes: list[str]) -> Iterator[Record]:

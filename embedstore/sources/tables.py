@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from embedstore.errors import InputError
+from embedstore.hashing import content_hash
 from embedstore.sources.lines import count_lines, decoded_lines
 from embedstore.sources.records import Record, Source, TableOptions
 
@@ -28,15 +29,44 @@ FORMATS = ("csv", "tsv", "jsonl", "parquet", "lines", "dir", "fasta", "fastq")
 
 
 # -- rows -> records -----------------------------------------------------------------------------------------
+class NotText(ValueError):
+    """A binary cell that is not UTF-8 text."""
+
+
 def _str(value: Any) -> str | None:
-    """Cell -> text; lists and dicts (multi-label targets) as JSON, missing values as None."""
+    """Cell -> text; lists and dicts (multi-label targets) as JSON, missing values as None; binary values (a
+    Parquet BINARY column) as the UTF-8 text they hold, else NotText."""
     if value is None:
         return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise NotText(f"a binary value ({len(value):,} bytes) that is not UTF-8 text (byte "
+                          f"{bytes(value)[e.start:e.start + 1]!r} at offset {e.start})") from None
     if isinstance(value, float) and value != value:  # NaN from a DataFrame
         return None
     if isinstance(value, (list, tuple, dict)) or type(value).__name__ in ("ndarray", "Series"):
         return json.dumps(value.tolist() if hasattr(value, "tolist") else value, default=str)
     return value if isinstance(value, str) else str(value)
+
+
+def _meta_value(v: Any) -> Any:
+    """Metadata as JSON can hold it: binary as its UTF-8 text, or hex when it is not text."""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(v).decode("utf-8")
+        except UnicodeDecodeError:
+            return "hex:" + bytes(v).hex()
+    return v
+
+
+def _unique_columns(name: str, columns: list[str]) -> list[str]:
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise InputError(f"{name}: the header repeats column name(s) {repeated}; every column needs its own name "
+                         "(rename them in the file, or give new names with --columns a,b,c)")
+    return columns
 
 
 class _RowMapper:
@@ -59,18 +89,26 @@ class _RowMapper:
 
     def record(self, row: dict, rownum: int, reason: str | None = None) -> Record:
         o = self.opts
-        key = _str(row.get(o.id_column)) if o.id_column else None
-        if not key:
-            key = f"{self.name}:{rownum}"
+        key = f"{self.name}:{rownum}"
         what, column = o.content
         raw = row.get(column)
         is_bytes = what == "path" and isinstance(raw, (bytes, bytearray, memoryview))  # encoded images
-        text = bytes(raw) if is_bytes else _str(raw)
+        text = label = None
+        try:
+            if o.id_column:
+                given = _str(row.get(o.id_column))
+                if not given or not given.strip():  # `name:row` could be another row's real id: no fallback
+                    key, reason = f"{key}#no-id", reason or f"empty value in id column {o.id_column!r}"
+                else:
+                    key = given
+            text = bytes(raw) if is_bytes else _str(raw)
+            label = _str(row.get(o.label_column)) if o.label_column else None
+        except NotText as e:
+            reason = reason or f"{e} in {what} column {column!r} or the label/id; decode it first"
         if text is None and reason is None:
             reason = f"no value in {what} column {column!r}"
-        meta = {k: v for k, v in row.items() if k not in self.used and k is not None} or None
-        return Record(key, text, _str(row.get(o.label_column)) if o.label_column else None, meta,
-                      self.name, reason)
+        meta = {k: _meta_value(v) for k, v in row.items() if k not in self.used and k is not None} or None
+        return Record(key, text, label, meta, self.name, reason)
 
 
 def _table_format(path: Path, opts: TableOptions) -> str:
@@ -112,6 +150,8 @@ def _csv_records(path: Path, opts: TableOptions, fmt: str) -> Iterator[Record]:
             header = opts.columns
     else:
         header = opts.columns
+    if header is not None:
+        _unique_columns(path.name, list(header))
     mapper = _RowMapper(path.name, opts, header)
     for rownum, fields in enumerate(_checked_rows(reader, path, state), 1):
         if header is None:
@@ -158,7 +198,7 @@ def _jsonl_records(path: Path, opts: TableOptions) -> Iterator[Record]:
 def _parquet_records(path: Path, opts: TableOptions) -> Iterator[Record]:
     import pyarrow.parquet as pq
     pf = pq.ParquetFile(path)
-    mapper = _RowMapper(path.name, opts, pf.schema_arrow.names)
+    mapper = _RowMapper(path.name, opts, _unique_columns(path.name, pf.schema_arrow.names))
     rownum = 0
     for batch in pf.iter_batches(batch_size=8192):
         for row in batch.to_pylist():
@@ -214,15 +254,29 @@ def _iterable_records(items: Iterable, name: str, opts: TableOptions) -> Iterato
             raise InputError(f"{name}: item {rownum} is a {type(item).__name__}; expected str or dict rows")
 
 
+def _row_keyed(records: Iterator[Record], name: str) -> Iterator[Record]:
+    """Rows from Python with no id column are keyed by what they hold (content, label, metadata): ingesting more
+    rows appends them, the same rows again change nothing, and an identical row gets `~2`, `~3`, ... (rows have
+    no stable position in a DataFrame the way lines have in a file)."""
+    seen: dict[str, int] = {}
+    for r in records:
+        body = r.content if isinstance(r.content, str) else (content_hash(r.content) if r.content else None)
+        digest = content_hash(json.dumps([body, r.label, r.meta], sort_keys=True, default=str,
+                                         ensure_ascii=False).encode("utf-8", "surrogatepass"))[:16]
+        seen[digest] = seen.get(digest, 0) + 1
+        r.key = f"{name}:{digest}" + (f"~{seen[digest]}" if seen[digest] > 1 else "")
+        yield r
+
+
 def open_rows(source: Any, opts: TableOptions, name: str | None = None) -> Source:
-    """Tables, folders of .txt files, sequence files and Python rows as a Source of their content column."""
+    """Tables, .txt files, folders of .txt files and Python rows as a Source of their content column."""
     frame = _frame_rows(source)
     if frame is not None:
         cols, rows = frame
         label = name or "dataframe"
-        _RowMapper(label, opts, cols)
-        return Source(label, (_RowMapper(label, opts, None).record(r, i) for i, r in enumerate(rows, 1)),
-                      total=len(source))
+        _RowMapper(label, opts, _unique_columns(label, cols))
+        records = (_RowMapper(label, opts, None).record(r, i) for i, r in enumerate(rows, 1))
+        return Source(label, records if opts.id_column else _row_keyed(records, label), total=len(source))
     if isinstance(source, (str, Path)):
         path = Path(source).expanduser()
         if not path.exists():
@@ -249,6 +303,8 @@ def open_rows(source: Any, opts: TableOptions, name: str | None = None) -> Sourc
         raise InputError("pass a path, a DataFrame or an iterable of str/dict rows, not an open file")
     if hasattr(source, "__iter__"):
         total = len(source) if hasattr(source, "__len__") else None
-        return Source(name or "python", _iterable_records(source, name or "python", opts), total)
+        records = _iterable_records(source, name or "python", opts)
+        return Source(name or "python", records if opts.id_column else _row_keyed(records, name or "python"),
+                      total)
     raise InputError(f"cannot ingest a {type(source).__name__}: expected a path, a directory, a pandas/polars "
                      "DataFrame, a pyarrow Table or an iterable of str/dict rows")

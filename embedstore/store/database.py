@@ -22,11 +22,12 @@ from typing import Any, Iterator
 import duckdb
 
 from embedstore import config
-from embedstore.errors import EmbedstoreError, NotFoundError, StoreLockedError, StoreVersionError
+from embedstore.errors import (EmbedstoreError, NotFoundError, StoreLockedError, StoreVersionError,
+                               resource_errors_as_clear)
 from embedstore.faults import fault_point
 from embedstore.store import layout
 from embedstore.store.queries import scalar
-from embedstore.store.schema import MIGRATIONS, refresh_views
+from embedstore.store.schema import MIGRATIONS, OPTIONAL_FOR_READERS, refresh_views
 
 log = logging.getLogger("embedstore")
 
@@ -45,8 +46,12 @@ def _announce_waiting(path: Path) -> int | None:
 class Database:
     """A store directory's database; `read_only=True` takes no write lock and never creates files."""
 
-    def __init__(self, path: str | os.PathLike | None = None, *, read_only: bool = False, create: bool = True):
-        """`create=False` refuses a path with no store instead of making one (every CLI command but ingest)."""
+    def __init__(self, path: str | os.PathLike | None = None, *, read_only: bool = False, create: bool = True,
+                 files: bool = False):
+        """`create=False` refuses a path with no store instead of making one (every CLI command but ingest).
+        `files=True` lets SQL read and write files (DuckDB's external access: read_text, COPY, glob, ...); off
+        by default, so a query over the store can reach nothing outside it."""
+        self.files = files
         self.path = Path(path).expanduser() if path is not None else config.default_store_path()
         self.read_only = read_only
         self.db_path = self.path / layout.DB_NAME
@@ -59,14 +64,15 @@ class Database:
             if not self.db_path.exists():
                 raise NotFoundError(f"no store at {self.path} (no {layout.DB_NAME}); create one with "
                                     "`embedstore ingest ... --store PATH`, or set EMBEDSTORE_STORE")
-        if read_only:
-            with self.connect() as con:
-                self._check_migrations(con, apply=False)
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._acquire_lock()
-            with self.connect() as con:
-                self._check_migrations(con, apply=True)
+        with resource_errors_as_clear():  # a damaged file says so, in one line
+            if read_only:
+                with self.connect() as con:
+                    self._check_migrations(con, apply=False)
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._acquire_lock()
+                with self.connect() as con:
+                    self._check_migrations(con, apply=True)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def _acquire_lock(self) -> None:
@@ -88,13 +94,14 @@ class Database:
     def _open_duckdb(self) -> duckdb.DuckDBPyConnection:
         """Readers wait up to lock_wait seconds while a writer holds the file (announcing themselves, so that an
         ingest lets them in between batches); the writer waits as long as readers take."""
-        wait = float(config.setting("lock_wait"))
+        wait = config.number("lock_wait")
         deadline, waiting_fd = time.monotonic() + wait, None
         try:
             while True:
                 try:
                     return duckdb.connect(str(self.db_path), read_only=self.read_only, config={
                         "memory_limit": config.setting("duckdb_memory"),
+                        "enable_external_access": self.files,
                         # no extension is fetched or loaded behind the user's back (e.g. by sqlite_scan)
                         "autoinstall_known_extensions": False, "autoload_known_extensions": False})
                 except duckdb.Error as e:
@@ -205,9 +212,12 @@ class Database:
             raise StoreVersionError(f"store {self.path} has migrations {unknown} that this embedstore does not "
                                     f"know (it knows {known}): it was written by a newer version; upgrade")
         missing = [(n, m) for n, m in MIGRATIONS if n not in done]
-        if missing and not apply:
-            raise StoreVersionError(f"store {self.path} needs migrations {[n for n, _ in missing]}; open it "
-                                    "once for writing (e.g. `embedstore info --migrate`)")
+        if not apply:
+            blocking = [n for n, _ in missing if n not in OPTIONAL_FOR_READERS]
+            if blocking:
+                raise StoreVersionError(f"store {self.path} needs migrations {blocking}; open it once for writing "
+                                        "(`embedstore info --migrate`, or any ingest)")
+            return
         for name, migration in missing:
             con.execute("BEGIN TRANSACTION")
             if callable(migration):

@@ -4,6 +4,7 @@
     <store>/LOCK, <store>/READERS                  the writer's lock; readers waiting for the database
     <store>/indexes/<dataset>/<fp16>.json          an index's sidecar, naming its data file <fp16>.<sha16>.faiss
     <store>/heads/<name>/head.<sha16>/             one version of a saved head (the database names the current one)
+    <store>/heads/<name>/eval/<dataset>/           `heads eval` reports (metrics.json, confusion.png)
 """
 
 from __future__ import annotations
@@ -31,3 +32,8 @@ def heads_root(store: Path) -> Path:
 def head_dir(store: Path, name: str, checksum: str) -> Path:
     """Where the version of head `name` whose manifest has sha256 `checksum` lives (see heads/persist.py)."""
     return heads_root(store) / name / f"head.{checksum[:16]}"
+
+
+def head_eval_dir(store: Path, name: str, dataset: str) -> Path:
+    """Where `heads eval` writes its report for a dataset: derived files, which gc leaves with the head."""
+    return heads_root(store) / name / "eval" / dataset

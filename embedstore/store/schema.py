@@ -78,6 +78,9 @@ MIGRATIONS: list[Migration] = [
     ("m001_initial", M001_INITIAL),
     ("m002_label_column", M002_LABEL_COLUMN),
 ]
+# Migrations a read-only opener can do without (what they add reads as absent), so that an older store stays
+# readable until its next write applies them.
+OPTIONAL_FOR_READERS = frozenset({"m002_label_column"})
 
 
 def emb_table_sql(table: str, dim: int) -> str:

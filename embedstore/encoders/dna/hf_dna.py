@@ -16,7 +16,7 @@ from embedstore.encoders.base import Embedded
 from embedstore.encoders.dna.alphabet import reverse_complement
 from embedstore.encoders.dna.base import DNAEncoder
 from embedstore.encoders.dna.windows import WINDOW_OPTIONS, Windows, pool_windows
-from embedstore.encoders.hub import HFModel
+from embedstore.encoders.hf_model import HFModel
 from embedstore.encoders.options import Option, merge
 from embedstore.errors import EncoderUnavailableError, InputError
 

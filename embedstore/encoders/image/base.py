@@ -32,7 +32,7 @@ IMAGE_OPTIONS = (
     Option("workers", "int", None, low=0, high=256, help="decoding processes (0: decode in the prefetch thread)"),
     Option("max_pixels", "int", DEFAULT_MAX_PIXELS, low=1, help="decompression-bomb guard"),
     Option("draft", "bool", True, fingerprint=True, help="JPEG draft-mode decoding (changes pixels slightly)"),
-    Option("gpu_decode", "choice", "auto", ("auto", "true", "false"), help="nvjpeg decoding on CUDA"),
+    Option("gpu_decode", "switch", "auto", help="nvjpeg decoding on CUDA: auto (measure both), true, false"),
 )
 
 
@@ -114,9 +114,6 @@ class ImageEncoder(TorchEncoder):
     def _decode_stream(self) -> Any:
         import torch
         return torch.cuda.Stream(device=self._device)
-
-    def _gpu_resize_crop(self, img: Any) -> Any:
-        return gpu_decode.resize_crop(img, self.preprocess)
 
     def prepare(self, contents: list[bytes]) -> tuple[Any, np.ndarray]:
         """Decode a batch (workers, or nvjpeg on CUDA): (uint8 [n_ok, h, w, 3] tensor, ok mask)."""

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from embedstore.encoders.base import hash_files
-from embedstore.encoders.hub import local_file, local_snapshot, read_json
+from embedstore.encoders.hub import hf_hub_dir, local_file, offline_error, read_json
 from embedstore.encoders.image.base import ImageEncoder
 from embedstore.encoders.image.weights import not_model_file
 from embedstore.errors import EncoderUnavailableError
@@ -34,14 +34,8 @@ class OpenCLIPEncoder(ImageEncoder):
         """Where the model comes from, without building it: open_clip's name and `pretrained` argument, the
         model and preprocess configs, the quick-GELU flag of a tag, and the files whose hashes identify it."""
         name = self.name
-        if name.startswith("hf-hub:"):
-            local = local_snapshot(name[len("hf-hub:"):], self.revision)
-            if local is None:
-                raise EncoderUnavailableError(
-                    f"encoder {self.spec!r}: {name} is not in the local Hugging Face cache, and nothing is downloaded "
-                    "here. Download the repo elsewhere (open_clip_config.json + weights) and pass its directory: "
-                    "clip:/path/to/dir")
-            name = str(local)
+        name = hf_hub_dir(self.spec, name, self.revision,
+                          "the repo's directory (open_clip_config.json + weights), clip:/path/to/dir")
         name = name.removeprefix("local-dir:")
         directory = Path(name).expanduser()
         if directory.is_dir():
@@ -91,11 +85,9 @@ class OpenCLIPEncoder(ImageEncoder):
             found = path if path.is_file() else None
         if found is None:
             where = tag_cfg.get("hf_hub") or tag_cfg.get("url")
-            raise EncoderUnavailableError(
-                f"encoder {self.spec!r}: the CLIP weights {name}@{self.revision} ({where}) are not in the local cache, "
-                "and this machine is offline (nothing is downloaded). Download the checkpoint elsewhere and pass the "
-                f"file, clip:{name}@/path/to/open_clip_pytorch_model.bin, or the hub repo's directory, "
-                "clip:/path/to/dir")
+            raise offline_error(self.spec, f"the CLIP weights {name}@{self.revision} ({where})",
+                                f"the file, clip:{name}@/path/to/open_clip_pytorch_model.bin, or the hub repo's "
+                                "directory, clip:/path/to/dir")
         return found
 
     @cached_property

@@ -18,8 +18,8 @@ from embedstore.media.images import Preprocess, resized_size
 class DecodeChooser:
     """gpu_decode=true/false as told; auto: two batches each way (the first warms up), then the faster."""
 
-    def __init__(self, mode: str):
-        self.mode = mode
+    def __init__(self, mode: str | bool):
+        self.mode = mode  # "auto", True or False
         self.seconds = {"cpu": (0, 0.0), "gpu": (0, 0.0)}  # path -> (batches, last seconds per image)
 
     def timed(self, path: str, t0: float, n: int) -> None:
@@ -27,7 +27,7 @@ class DecodeChooser:
 
     def use_gpu(self) -> bool:
         if self.mode != "auto":
-            return self.mode == "true"
+            return bool(self.mode)
         (n_cpu, cpu), (n_gpu, gpu) = self.seconds["cpu"], self.seconds["gpu"]
         if n_cpu < 2:
             return False

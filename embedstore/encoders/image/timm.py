@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from embedstore.encoders.base import hash_files
-from embedstore.encoders.hub import local_file, local_snapshot, read_json
+from embedstore.encoders.hub import given_file, hf_hub_dir, local_file, offline_error, read_json
 from embedstore.encoders.image.base import ImageEncoder
 from embedstore.encoders.image.weights import map_by_position, not_model_file, read_state_dict
 from embedstore.encoders.options import Option, merge
@@ -60,13 +60,7 @@ class TimmEncoder(ImageEncoder):
     def _source(self) -> tuple[str, Path | None, Path | None]:
         """(architecture[.tag], weights file, model directory); exactly one of the last two is set."""
         name = self.name.removeprefix("local-dir:")
-        if name.startswith("hf-hub:"):
-            local = local_snapshot(name[len("hf-hub:"):], self.revision)
-            if local is None:
-                raise EncoderUnavailableError(
-                    f"encoder {self.spec!r}: {name} is not in the local Hugging Face cache, and nothing is downloaded "
-                    "here. Download the repo elsewhere and pass its directory: timm:/path/to/dir")
-            name = str(local)
+        name = hf_hub_dir(self.spec, name, self.revision, "the repo's directory, timm:/path/to/dir")
         if Path(name).expanduser().is_dir():
             directory = Path(name).expanduser().resolve()
             if self.opts["weights"]:
@@ -78,10 +72,7 @@ class TimmEncoder(ImageEncoder):
             raise EncoderUnavailableError(f"encoder {self.spec!r}: timm has no model {name!r} (timm.list_models() "
                                           "lists them), and it is not a directory")
         if self.opts["weights"]:
-            path = Path(self.opts["weights"]).expanduser()
-            if not path.is_file():
-                raise EncoderUnavailableError(f"encoder {self.spec!r}: no weights file at {path}")
-            return name, path.resolve(), None
+            return name, given_file(self.spec, self.opts["weights"]), None
         return name, self._cached_weights(name), None
 
     def _cached_weights(self, name: str) -> Path:
@@ -96,10 +87,9 @@ class TimmEncoder(ImageEncoder):
             found = path if path.is_file() else None
         if found is None:
             where = cfg.get("hf_hub_id") or cfg.get("url") or "nowhere (timm knows no pretrained weights for it)"
-            raise EncoderUnavailableError(
-                f"encoder {self.spec!r}: the pretrained weights of {name} ({where}) are not in the local cache, and "
-                "nothing is downloaded here. Download them elsewhere and pass the file: "
-                f"timm:{name}?weights=/path/to/model.safetensors (or a directory in timm's hub layout: timm:/path)")
+            raise offline_error(self.spec, f"the pretrained weights of {name} ({where})",
+                                f"timm:{name}?weights=/path/to/model.safetensors (or a directory in timm's hub layout: "
+                                "timm:/path)")
         return found
 
     @cached_property

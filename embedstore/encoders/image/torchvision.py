@@ -10,6 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
+from embedstore.encoders.hub import given_file, offline_error
 from embedstore.encoders.image.base import ImageEncoder
 from embedstore.encoders.image.weights import read_state_dict
 from embedstore.encoders.options import Option, merge
@@ -47,17 +48,13 @@ class TorchvisionEncoder(ImageEncoder):
         import torch
         w = self._weights_enum
         if self.opts["weights"]:
-            path = Path(self.opts["weights"]).expanduser()
-            if not path.is_file():
-                raise EncoderUnavailableError(f"encoder {self.spec!r}: no weights file at {path}")
-            return path.resolve()
+            return given_file(self.spec, self.opts["weights"])
         filename = os.path.basename(w.url)
         path = Path(torch.hub.get_dir()) / "checkpoints" / filename
         if not path.is_file():
-            raise EncoderUnavailableError(
-                f"encoder {self.spec!r}: the weights {type(w).__name__}.{w.name} ({filename}) are not in the torch "
-                f"hub cache ({path.parent}), and nothing is downloaded here. Download {w.url} elsewhere and pass it: "
-                f"torchvision:{self.name}?weights=/path/to/{filename}")
+            raise offline_error(self.spec, f"the weights {type(w).__name__}.{w.name} ({filename})",
+                                f"torchvision:{self.name}?weights=/path/to/{filename} (from {w.url})",
+                                where=f"the torch hub cache ({path.parent})")
         return path
 
     @cached_property

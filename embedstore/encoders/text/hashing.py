@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedstore.encoders.base import Embedded, TextEncoder
+from embedstore.encoders.base import Embedded
+from embedstore.encoders.text.base import TextEncoder
 from embedstore.encoders.options import Option
 from embedstore.errors import InputError
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.encoders.base import Embedded, TextEncoder, hash_files
+from embedstore.encoders.base import Embedded, hash_files
+from embedstore.encoders.text.base import TextEncoder
 from embedstore.encoders.device import BATCH_SIZE
 from embedstore.encoders.options import Option
 from embedstore.errors import EncoderUnavailableError

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.encoders.base import Embedded, TextEncoder
-from embedstore.encoders.hub import HFModel
+from embedstore.encoders.base import Embedded
+from embedstore.encoders.text.base import TextEncoder
+from embedstore.encoders.hf_model import HFModel
 
 
 class TransformerTextEncoder(TextEncoder, HFModel):
