@@ -48,6 +48,14 @@ def add_store_arg(p: argparse.ArgumentParser) -> None:
                    help=f"store directory (default: ${s.env}, else {s.default})")
 
 
+def seed(value: str) -> int:
+    """argparse type: a random seed numpy and scikit-learn accept."""
+    n = int(value)
+    if not 0 <= n < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"a seed is from 0 to {2 ** 32 - 1}, not {value}")
+    return n
+
+
 def add_json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
 
@@ -103,7 +111,12 @@ def inputs(paths: Sequence[str], fmt: str | None) -> Iterator[tuple[Any, str | N
                 expanded += found
             else:
                 expanded.append(p)
-        yield (expanded[0] if len(expanded) == 1 else Files(expanded)), ("stdin" if paths == ["-"] else None)
+        try:
+            yield (expanded[0] if len(expanded) == 1 else Files(expanded)), ("stdin" if paths == ["-"] else None)
+        except EmbedstoreError as e:
+            if spool:  # say <stdin>, not the temporary file it was spooled to
+                raise type(e)(str(e).replace(str(Path(spool) / "stdin."), "<stdin>.")) from None
+            raise
     finally:
         if spool:
             shutil.rmtree(spool, ignore_errors=True)
@@ -141,8 +154,25 @@ def table(rows: Sequence[dict], columns: Sequence[str] | None = None, out=None) 
         print("  ".join(v.ljust(w) for v, w in zip(b, widths)).rstrip(), file=out)
 
 
-def dump_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+def _jsonable(obj: Any) -> Any:
+    """Valid JSON: NaN and infinities as null, bytes as hex, anything else unknown as its text."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return "0x" + bytes(obj).hex()
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # a numpy scalar
+        return _jsonable(obj.item())
+    return str(obj)
+
+
+def dump_json(obj: Any, out=None) -> None:
+    print(json.dumps(_jsonable(obj), indent=2, allow_nan=False), file=out or sys.stdout)
 
 
 def rows_out(rows: list[dict], fmt: str, columns: Sequence[str] | None = None) -> None:

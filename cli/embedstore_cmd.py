@@ -143,7 +143,11 @@ def _read_vector(path: str):
             return np.load(p, allow_pickle=False)
         except ValueError as e:
             raise InputError(f"query vector file {path}: not a numeric .npy array ({e})") from None
-    text = p.read_text().strip()
+    try:
+        text = p.read_text().strip()
+    except UnicodeDecodeError:
+        raise InputError(f"query vector file {path}: expected numbers (a JSON list, whitespace-separated, or a "
+                         ".npy file), found binary data") from None
     try:
         return np.asarray(json.loads(text) if text.startswith("[") else text.split(), dtype=np.float32)
     except ValueError as e:
@@ -231,7 +235,7 @@ def cmd_sql(args) -> int:
             w.writerow(result.column_names)
             w.writerows(zip(*(c.to_pylist() for c in result.columns)) if result.num_rows else [])
         elif fmt == "json":
-            out.write(json.dumps(result.to_pylist(), indent=2, default=str) + "\n")
+            dump_json(result.to_pylist(), out)
         else:
             table(result.to_pylist(), result.column_names, out)
     finally:
@@ -265,9 +269,13 @@ def cmd_info(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from embedstore.errors import CORRUPT_ADVICE
-    with open_store(args, read_only=True) as store:
-        out = store.check()
+    from embedstore.errors import CORRUPT_ADVICE, StoreCorruptError
+    try:
+        with open_store(args, read_only=True) as store:
+            out = store.check()
+    except StoreCorruptError as e:  # not even the catalog reads: that is the finding
+        out = {"path": getattr(args, "store", None), "tables": [], "indexes": [], "heads": [],
+               "damaged": [f"database: {str(e).split('. What can be done')[0]}"]}
     if args.json:
         dump_json(out)
     else:
@@ -312,7 +320,7 @@ def cmd_encoders(args) -> int:
 
 
 def cmd_index(args) -> int:
-    with open_store(args, read_only=False) as store:
+    with open_store(args, read_only=False) as store, store.writing():
         record = store.resolve_encoder(args.encoder, args.dataset)
         if args.rebuild:
             store.index_path(args.dataset, record).unlink(missing_ok=True)  # its data file goes at the next save
@@ -334,8 +342,6 @@ def cmd_map(args) -> int:
         X, y = store.features(args.dataset, encoder=args.encoder, label=label)
     out, used = map_png(X, y, Path(args.out), f"{args.dataset} ({args.encoder or 'encoder'}): {len(X):,} items",
                         method=args.method)
-    if used != args.method:
-        print("umap-learn is not installed; drew PCA instead (pip install umap-learn)", file=sys.stderr)
     dump_json({"out": str(out), "method": used, "items": len(X)}) if args.json else print(f"wrote {out}")
     return 0
 

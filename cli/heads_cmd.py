@@ -7,7 +7,7 @@ from pathlib import Path
 
 from embedstore.errors import InputError
 
-from .common import (add_json_arg, add_store_arg, add_table_args, build, dump_json, inputs, open_store, rows_out,
+from .common import (add_json_arg, seed, add_store_arg, add_table_args, build, dump_json, inputs, open_store, rows_out,
                      run, table, table_options)
 
 EPILOG = """examples:
@@ -53,7 +53,7 @@ def build_parser():
     f.add_argument("--search", action="store_true", help="try the model's small parameter grid, keep the best")
     f.add_argument("--budget", type=float, help="seconds the search may spend (default: the whole grid)")
     f.add_argument("--dev-dataset", help="score (and search) on this dataset instead of splitting the training set")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=seed, default=0)
     add_json_arg(f)
     add_store_arg(f)
 
@@ -92,7 +92,7 @@ def build_parser():
     c.add_argument("--cv", type=int, default=5)
     c.add_argument("--test-dataset")
     c.add_argument("--group-column")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=seed, default=0)
     c.add_argument("--output-format", choices=["table", "json", "csv"], default="table",
                    help="how the table is printed (default: table; --json is json)")
     add_json_arg(c)
@@ -109,7 +109,7 @@ def build_parser():
     cu.add_argument("--test-dataset")
     cu.add_argument("--repeats", type=int, default=3)
     cu.add_argument("--out", default="curve.png", help="PNG path (default: %(default)s)")
-    cu.add_argument("--seed", type=int, default=0)
+    cu.add_argument("--seed", type=seed, default=0)
     add_json_arg(cu)
     add_store_arg(cu)
 

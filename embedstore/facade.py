@@ -13,19 +13,26 @@ from typing import Any, Sequence
 from embedstore import features as _features
 from embedstore import ingest as _ingest
 from embedstore import maintenance, search as _search, sql as _sql
-from embedstore.errors import resource_errors_as_clear
+from embedstore.encoders import Encoder
+from embedstore.errors import InputError, resource_errors_as_clear
 from embedstore.index import sync
 from embedstore.store import catalog
 from embedstore.store.catalog import EncoderRecord
 from embedstore.store.database import Database
+from embedstore.validate import expect
 
 
 class Store(Database):
-    """Open with `embedstore.open(path)`; `read_only=True` takes no write lock and never creates files."""
+    """Open with `embedstore.open(path)`. A writable store takes the writer lock only while a write runs (hold it
+    across several with `with store.writing():`); `read_only=True` never writes."""
 
     # -- writes ------------------------------------------------------------------------------------------------
     def ingest(self, source: Any, *, dataset: str, encoder: str, **options: Any) -> "_ingest.IngestReport":
         """Embed `source` into `dataset` (see embedstore.ingest.ingest for the options)."""
+        expect(dataset, str, "dataset")
+        if not isinstance(encoder, (str, Encoder)):
+            raise InputError(f"encoder must be a spec such as 'minilm' or 'hashing:256' (see `embedstore encoders`), "
+                             f"not {type(encoder).__name__}")
         return _ingest.ingest(self, source, dataset=dataset, encoder=encoder, **options)
 
     def delete_dataset(self, name: str) -> dict:
@@ -38,6 +45,9 @@ class Store(Database):
     @resource_errors_as_clear()
     def features(self, dataset: str, *, encoder: str = "", label: str | None = "label", return_meta: bool = False):
         """(X float32 [n, dim], y) for the dataset's items that have vectors of `encoder` (`a+b` concatenates)."""
+        expect(dataset, str, "dataset")
+        expect(encoder, str, "encoder", " (one spec; a+b concatenates several)")
+        expect(label, (str, type(None)), "label")
         fs = _features.features_for(self, dataset, encoder, label)
         return (fs.X, fs.y, fs) if return_meta else (fs.X, fs.y)
 
@@ -50,12 +60,18 @@ class Store(Database):
     @resource_errors_as_clear()
     def search(self, dataset: str, query: Any = None, k: int = 10, *, key: str | None = None,
                vector: Any = None, where: str | dict | None = None, encoder: str = "") -> "_search.Hits":
+        expect(dataset, str, "dataset")
+        expect(k, int, "k")
+        expect(encoder, str, "encoder")
+        if query is not None and not isinstance(query, (str, bytes, os.PathLike)):
+            raise InputError(f"query must be a text, a sequence, image bytes or an image path, not "
+                             f"{type(query).__name__}; a vector goes in vector=")
         return _search.search(self, dataset, query=query, k=k, key=key, vector=vector, where=where, encoder=encoder)
 
     @resource_errors_as_clear()
     def sql(self, query: str, params: Sequence | None = None):
         """Read-only SQL over the documented views; returns a polars DataFrame."""
-        return _sql.run_sql_frame(self, query, params)
+        return _sql.run_sql_frame(self, expect(query, str, "query"), params)
 
     @resource_errors_as_clear()
     def index(self, dataset: str, record: EncoderRecord) -> "sync.LiveIndex":

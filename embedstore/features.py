@@ -12,7 +12,7 @@ import numpy as np
 
 from embedstore.errors import NotFoundError
 from embedstore.store import catalog
-from embedstore.store.queries import BATCH_ROWS, arrow_batches, scalar, vector_block
+from embedstore.store.queries import arrow_batches, rows_for, scalar, vector_block
 
 if TYPE_CHECKING:
     import duckdb
@@ -35,6 +35,13 @@ def column_expr(name: str, label_column: str | None = None) -> tuple[str, list]:
     return "json_extract_string(i.meta, ?)", ['$."' + name.replace('"', '\\"') + '"']
 
 
+def _columns(con: "duckdb.DuckDBPyConnection", dataset: str, sample: int = 1000) -> list[str]:
+    """The item columns plus the metadata keys seen in a sample of the dataset's items."""
+    keys = con.execute("SELECT DISTINCT unnest(json_keys(meta)) FROM (SELECT meta FROM items WHERE dataset = ? "
+                       "AND meta IS NOT NULL LIMIT ?)", [dataset, sample]).fetchall()
+    return [*ITEM_COLUMNS, *sorted(k[0] for k in keys)]
+
+
 def label_column(con: "duckdb.DuckDBPyConnection", dataset: str) -> str | None:
     """The source column the dataset's labels were ingested from (None: no label column, or a store written
     before it was recorded, whose migration m002 a read-only opener may not have applied yet)."""
@@ -44,13 +51,13 @@ def label_column(con: "duckdb.DuckDBPyConnection", dataset: str) -> str | None:
 
 
 def iter_vectors(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord",
-                 where: str = "", params: Sequence = (), batch_rows: int = BATCH_ROWS
+                 where: str = "", params: Sequence = (), batch_rows: int | None = None
                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(item_ids, vectors) batches of the dataset's ok items that have a vector of `record`, in no particular
     order (sorting would make DuckDB sort the vectors too)."""
     sql = (f"SELECT i.item_id, e.vector FROM items i JOIN {record.table} e ON e.content_hash = i.content_hash "
            f"WHERE i.dataset = ? AND i.status = 'ok' {where}")
-    for batch in arrow_batches(con, sql, [dataset, *params], batch_rows):
+    for batch in arrow_batches(con, sql, [dataset, *params], batch_rows or rows_for(record.dim)):
         yield (batch.column(0).to_numpy().astype(np.int64, copy=False),
                vector_block(batch.column(1), record.dim))
 
@@ -91,27 +98,24 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
             raise NotFoundError(f"dataset {dataset!r} has no items {what}with vectors of "
                                 f"{'+'.join(r.spec for r in records)} ({n_ok} ok items, {n_vec} with vectors){hint}")
         dims = [r.dim for r in records]
-        # rows come back unordered; each is written straight to its place in item-id order (deterministic
-        # features without DuckDB sorting the vectors, and no second copy of the matrix)
-        order = np.array([r[0] for r in con.execute(f"SELECT i.item_id {base}{filt} ORDER BY i.item_id",
-                                                    [dataset, *fparams]).fetchall()], dtype=np.int64)
+        # the items' small columns in item-id order, then each encoder's vectors streamed (the plain join of
+        # iter_vectors, which DuckDB runs in bounded memory even for wide vectors) into their rows in place
+        rows = con.execute(f"SELECT i.item_id, i.key, i.content_hash, {lab} AS y, {grp} AS g {base}{filt} "
+                           "ORDER BY i.item_id", [*lparams, *gparams, dataset, *fparams]).fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        keys, hashes, ys, gs = ([r[c] for r in rows] for c in (1, 2, 3, 4))
+        del rows
         X = np.empty((n, sum(dims)), dtype=np.float32)
-        ys: list = [None] * n
-        gs: list = [None] * n
-        keys: list = [None] * n
-        hashes: list = [None] * n
-        cols = ", ".join(f"e{j}.vector AS v{j}" for j in range(len(records)))
-        sql = f"SELECT i.item_id, i.key, i.content_hash, {lab} AS y, {grp} AS g, {cols} {base}{filt}"
-        for batch in arrow_batches(con, sql, [*lparams, *gparams, dataset, *fparams]):
-            pos = np.searchsorted(order, batch.column(0).to_numpy())
-            for column, target in ((1, keys), (2, hashes), (3, ys), (4, gs)):
-                for p, v in zip(pos, batch.column(column).to_pylist()):
-                    target[p] = v
-            off = 0
-            for j, d in enumerate(dims):
-                X[pos, off:off + d] = vector_block(batch.column(5 + j), d)
-                off += d
-        ids = order
+        off = 0
+        for record, d in zip(records, dims):
+            for batch_ids, x in iter_vectors(con, dataset, record):
+                pos = np.minimum(np.searchsorted(ids, batch_ids), n - 1)
+                hit = ids[pos] == batch_ids  # items without a label or another encoder's vector are not rows
+                X[pos[hit], off:off + d] = x[hit]
+            off += d
+        if group and all(g is None for g in gs):
+            raise NotFoundError(f"no item of dataset {dataset!r} has a {group!r} column (for --group-column); "
+                                f"columns: {', '.join(_columns(con, dataset))}")
     return FeatureSet(X, np.asarray(ys, dtype=object) if label else None, keys, hashes, ids,
                       [r.fingerprint for r in records], n_missing_vectors=n_ok - n_vec,
                       n_unlabelled=n_vec - n if label else 0, specs=[r.spec for r in records],

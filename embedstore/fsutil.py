@@ -39,6 +39,10 @@ def make_dir(path: Path) -> None:
     path = Path(path)
     if path.is_dir():
         return
+    if path.exists():
+        from embedstore.errors import CorruptFileError
+        raise CorruptFileError(f"{path} should be a folder but is a file; move it away (a store rebuilds its "
+                               "indexes from the database, and heads can be refitted)")
     make_dir(path.parent)
     path.mkdir(exist_ok=True)
     fsync_dir(path.parent)
@@ -65,6 +69,9 @@ def _place(tmp: Path, write: Callable[[Path], None], name_for: Callable[[Path], 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` then move tmp over `path`, so a crash leaves either the old or the new file."""
     path = Path(path)
+    if path.is_dir():
+        from embedstore.errors import InputError
+        raise InputError(f"{path} is a folder; give a file name to write (e.g. {path / 'out.png'})")
     make_dir(path.parent)
     _place(path.with_name(f".{path.name}.tmp.{os.getpid()}"), write, lambda tmp: path)
 

@@ -97,8 +97,10 @@ def check(db: "Database") -> dict:
             except CorruptFileError as e:
                 state = f"{e} (rebuilt from the database on next use)" if side.exists() else "missing (built on next use)"
             out["indexes"].append({"dataset": name, "encoder": rec.spec, "state": state})
-    with db.connect() as con:
-        heads = con.execute("SELECT name, checksum FROM heads ORDER BY name").fetchall() if "heads" in tables else []
+    heads = []
+    if "heads" in tables and not any(d.startswith("table heads") for d in out["damaged"]):
+        with db.connect() as con:
+            heads = con.execute("SELECT name, checksum FROM heads ORDER BY name").fetchall()
     for name, checksum in heads:
         try:
             read_verified(layout.head_dir(db.path, name, checksum), checksum, f"head {name!r}")
@@ -117,6 +119,11 @@ def _first_line(e: Exception) -> str:
 def delete_dataset(db: "Database", name: str) -> dict:
     """Remove a dataset's items, encoder links and index files; vectors stay until `gc` (other datasets may
     share them)."""
+    with db.writing():
+        return _delete_dataset(db, name)
+
+
+def _delete_dataset(db: "Database", name: str) -> dict:
     with db.transaction() as con:
         if not scalar(con, "SELECT count(*) FROM datasets WHERE name=?", [name]):
             raise NotFoundError(f"no dataset {name!r}; datasets: {catalog.dataset_names(db) or 'none'}")
@@ -135,6 +142,11 @@ def delete_dataset(db: "Database", name: str) -> dict:
 def gc(db: "Database") -> dict:
     """Delete vectors no item references (per encoder), then compact the database file. A damaged store is
     refused first (`check`): compacting would carry the damage into the rewritten file."""
+    with db.writing():
+        return _gc(db)
+
+
+def _gc(db: "Database") -> dict:
     damaged = check(db)["damaged"]
     if damaged:
         raise StoreCorruptError(f"gc refused: the store is damaged ({'; '.join(damaged[:3])}). {CORRUPT_ADVICE}")

@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 
 from embedstore.errors import InputError, NotFoundError
-from embedstore.features import ITEM_COLUMNS, column_expr, iter_vectors, label_column
+from embedstore.features import ITEM_COLUMNS, _columns, column_expr, iter_vectors, label_column
 from embedstore.index import sync
 from embedstore.encoders import get_encoder
 from embedstore.ingest.cache import embed_cached, text_tower
@@ -100,6 +100,8 @@ def _query_vector(db: "Database", dataset: str, record: "EncoderRecord", query: 
         raise InputError("search needs exactly one of: a query (text), key= (an item), vector= (a vector)")
     if vector is not None:
         q = as_float32_matrix(vector, record.dim)
+        if not np.abs(q).max(initial=0) > 0:
+            raise InputError("the query vector is all zeros: it has no direction, so every item scores 0")
         if q.shape[0] != 1:  # one query per search: the other rows would be ignored silently
             raise InputError(f"search takes one query vector, found a matrix of {q.shape[0]} rows")
         return q, None
@@ -140,6 +142,12 @@ def search(db: "Database", dataset: str, query: Any = None, k: int = 10, *, key:
         catalog.require_dataset(db, dataset)
         record = catalog.resolve_encoder(db, encoder, dataset)
         named = label_column(con, dataset)
+        if isinstance(where, dict):
+            known = set(_columns(con, dataset)) | ({named} if named else set())
+            unknown = [str(c) for c in where if str(c) not in known]
+            if unknown:
+                raise InputError(f"filter names column(s) {unknown} that no item of dataset {dataset!r} has; "
+                                 f"columns: {', '.join(sorted(known))}")
     q, self_id = _query_vector(db, dataset, record, query, key, vector)  # may run the encoder: file closed
     want = k + (self_id is not None)
     clause, params = where_sql(where, named)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import duckdb
@@ -116,7 +117,7 @@ def run_sql(db: "Database", query: str, params: Sequence | None = None, allow_wr
     elif db.read_only:
         raise InputError("--allow-writes needs a store opened for writing")
     stmts = duckdb.extract_statements(query)
-    with db.connect() as con:
+    with (db.writing() if allow_writes else nullcontext()), db.connect() as con:
         try:
             for st in stmts[:-1]:
                 con.execute(st).fetchall()

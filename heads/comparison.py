@@ -73,6 +73,9 @@ def curve(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", la
     task = MODELS[check_model(model)].task
     if task != "classification":
         raise InputError("learning curves are for classification heads")
+    if not 1 <= repeats <= 100 or any(not 1 <= s <= 1_000_000_000 for s in sizes):
+        raise InputError(f"curve: repeats must be from 1 to 100 (got {repeats:,}) and every size at least 1 "
+                         f"(got {list(sizes)[:5]})")
     from sklearn.model_selection import train_test_split
     rows = []
     for enc in (split_names(encoder, "encoders") if encoder else [""]):
@@ -98,7 +101,7 @@ def curve(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", la
                     take = pool
                 est = make(model, {}).fit(X[take], y[take])
                 scores.append(score(task, yte, est.predict(Xte)))
-            rows.append({"encoder": enc, "n_train": int(size), "repeats": reps,
+            rows.append({"encoder": enc, "n_train": int(len(take)), "repeats": reps,
                          **{k: float(np.mean([s[k] for s in scores])) for k in METRICS[task]},
                          "accuracy_std": float(np.std([s["accuracy"] for s in scores]))})
     return rows

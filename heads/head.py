@@ -21,6 +21,7 @@ from embedstore.store import catalog
 from embedstore.store.catalog import check_name
 from embedstore.store.layout import head_dir
 from embedstore.store.queries import first
+from embedstore.validate import as_inputs
 from heads.persist import export_head_dir, read_head_dir
 
 if TYPE_CHECKING:
@@ -64,18 +65,31 @@ class Head:
             found = X.shape[1] if X.ndim == 2 else f"shape {X.shape}"
             raise InputError(f"X has {found} features, but head {self.name!r} expects {self.meta['dim']} "
                              f"({'+'.join(self.meta['encoders'])}); for raw inputs use predict_raw")
+        if not np.isfinite(X).all():
+            raise InputError(f"X holds NaN or infinite values (rows {np.flatnonzero(~np.isfinite(X).all(1))[:5]}); "
+                             "a head predicts from finite features only")
         return X
 
     # -- on features (the scikit-learn contract) ------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (f"Head({self.name!r}, {self.meta.get('model')} {self.task} on {'+'.join(self.meta['encoders'])}, "
+                f"{self.meta.get('n_train', 0):,} training items, {len(self.meta.get('classes') or [])} classes)")
+
     def predict_proba(self, X: Any, fingerprints: Sequence[str] | None = None) -> np.ndarray:
         """Class (or per-label) probabilities for features of this head's encoder(s)."""
         if self.task == "regression":
             raise InputError(f"head {self.name!r} is a regression head: it has no probabilities")
-        return self.model.predict_proba(self.check_features(X, fingerprints))
+        X = self.check_features(X, fingerprints)
+        if not len(X):
+            return np.zeros((0, len(self.meta["classes"])))
+        return self.model.predict_proba(X)
 
     def predict(self, X: Any, fingerprints: Sequence[str] | None = None) -> np.ndarray:
         """Labels (classification), values (regression) or label lists (multi-label) for features."""
-        out = self.model.predict(self.check_features(X, fingerprints))
+        X = self.check_features(X, fingerprints)
+        if not len(X):
+            return np.zeros(0, dtype=object)
+        out = self.model.predict(X)
         if self.task == "multilabel":
             return np.array([[c for c, on in zip(self.meta["classes"], row) if on] for row in out], dtype=object)
         return out
@@ -85,7 +99,7 @@ class Head:
         """Features for raw inputs with the head's own encoder(s), through the store's cache (nothing is written);
         (X, skip reasons). Rows of skipped inputs are zeros."""
         db = self._require_db()
-        inputs = list(inputs)
+        inputs = as_inputs(inputs)
         X = np.zeros((len(inputs), self.meta["dim"]), dtype=np.float32)
         reasons: list[str | None] = [None] * len(inputs)
         off = 0

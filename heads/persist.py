@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from embedstore.errors import CorruptFileError
+from embedstore.errors import CorruptFileError, InputError
 from embedstore.faults import fault_point
 from embedstore.fsutil import fsync_dir, make_dir, read_verified
 from embedstore.store.layout import head_dir, heads_root
@@ -137,8 +137,8 @@ def read_head_dir(d: Path, checksum: str | None, name: str) -> tuple[dict, Any, 
 
 def export_head_dir(src: Path, dest: Path) -> None:
     """Copy a verified head directory (model files + manifest) to `dest` for use outside the store."""
-    if dest.exists() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} exists and is not empty")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise InputError(f"{dest} exists and is not empty; export to a new folder (or remove that one first)")
     dest.mkdir(parents=True, exist_ok=True)
     for fname in (*MODEL_FILES, "manifest.json"):
         shutil.copy2(src / fname, dest / fname)

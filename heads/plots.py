@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from embedstore.errors import InputError
 from embedstore.fsutil import atomic_write
 
 
@@ -25,6 +26,7 @@ def _save(fig, out: Path) -> None:
 
 def confusion_png(y_true: Sequence, y_pred: Sequence, classes: Sequence[str], out: Path, title: str) -> Path:
     from sklearn.metrics import confusion_matrix
+    classes = list(dict.fromkeys([*classes, *sorted(set(map(str, y_true)) - set(classes))]))  # unseen ones too
     plt = _plt()
     cm = confusion_matrix(y_true, y_pred, labels=list(classes))
     size = max(4.0, 0.5 * len(classes) + 2)
@@ -63,33 +65,51 @@ def curve_png(rows: list[dict], out: Path, title: str, metric: str = "accuracy")
     return out
 
 
+LEGEND_MAX = 60
+
+
+def class_colours(n: int) -> list[tuple]:
+    """n distinct colours: matplotlib's 60 qualitative ones (tab20, tab20b, tab20c), then evenly spaced hues."""
+    import matplotlib
+    base = [c for name in ("tab20", "tab20b", "tab20c") for c in matplotlib.colormaps[name].colors]
+    if n <= len(base):
+        return [tuple(c) for c in base[:n]]
+    import colorsys
+    return [colorsys.hsv_to_rgb(i / n, 0.65 + 0.35 * (i % 2), 0.75 + 0.25 * (i % 3 == 0)) for i in range(n)]
+
+
 def map_png(X: np.ndarray, labels: Sequence | None, out: Path, title: str, method: str = "pca",
             max_points: int = 20_000, seed: int = 0) -> tuple[Path, str]:
     """A 2-D projection coloured by label: PCA, or UMAP when asked for and installed."""
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(len(X), size=min(len(X), max_points), replace=False))
     X = X[take]
-    used = "pca"
+    used = method
     if method == "umap":
         try:
             import umap  # type: ignore
-            P = umap.UMAP(n_components=2, random_state=seed).fit_transform(X)
-            used = "umap"
         except ImportError:
-            pass  # PCA below; the caller reports which was used
-    if used == "pca":
+            raise InputError("--method umap needs umap-learn: pip install umap-learn (or use --method pca)") from None
+        P = umap.UMAP(n_components=2, random_state=seed).fit_transform(X)
+    else:
         from sklearn.decomposition import PCA
         P = PCA(n_components=2, random_state=seed).fit_transform(X)
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig, ax = plt.subplots(figsize=(9, 6))
     if labels is None:
         ax.scatter(P[:, 0], P[:, 1], s=3, alpha=0.5)
     else:
         lab = np.asarray(labels, dtype=object)[take].astype(str)
-        for value in sorted(set(lab))[:20]:
+        values, counts = np.unique(lab, return_counts=True)
+        colours = class_colours(len(values))
+        shown = set(values[np.argsort(-counts, kind="stable")[:LEGEND_MAX]])
+        for value, colour in zip(values, colours):  # every class is drawn, each in its own colour
             m = lab == value
-            ax.scatter(P[m, 0], P[m, 1], s=3, alpha=0.5, label=value)
-        ax.legend(markerscale=4, fontsize=8, loc="best")
+            ax.scatter(P[m, 0], P[m, 1], s=3, alpha=0.5, color=colour, label=value if value in shown else None)
+        more = f" (legend: the {LEGEND_MAX} largest of {len(values)} classes)" if len(values) > LEGEND_MAX else ""
+        ax.legend(markerscale=4, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                  ncol=max(1, -(-min(len(values), LEGEND_MAX) // 25)), title=f"{len(values)} classes{more}",
+                  title_fontsize=7)
     ax.set_xlabel(f"{used.upper()} 1")
     ax.set_ylabel(f"{used.upper()} 2")
     ax.set_title(title)

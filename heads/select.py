@@ -75,7 +75,13 @@ class Protocol:
             return list(splitter.split(idx, y, groups))
         if self.small_classes:
             strat = None
-        tr, te = ms.train_test_split(idx, test_size=self.test_size, stratify=strat, random_state=self.seed)
+        try:
+            tr, te = ms.train_test_split(idx, test_size=self.test_size, stratify=strat, random_state=self.seed)
+        except ValueError as e:
+            k = len(np.unique(strat)) if strat is not None else 1
+            raise InputError(f"test_size={self.test_size}: {e}; a stratified hold-out needs at least one item per "
+                             f"class on each side: use test_size >= {k / n:.3g} (and <= {1 - k / n:.3g}), or "
+                             "--cv K") from None
         return [(tr, te)]
 
     def _folds(self, ms, idx: np.ndarray, strat: np.ndarray | None, groups: np.ndarray | None) -> list:

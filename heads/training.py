@@ -6,7 +6,8 @@ import hashlib
 import json
 import platform
 import time
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from embedstore.fsutil import remove_other_versions
 from embedstore.store import catalog
 from embedstore.store.catalog import check_name
 from embedstore.store.layout import head_dir
+from embedstore.validate import expect
 from heads.estimators import MODELS, make
 from heads.head import Head, load
 from heads.persist import write_head_dir
@@ -37,9 +39,39 @@ def _versions() -> dict:
 
 
 def check_model(model: str) -> str:
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise InputError(f"unknown model {model!r}; available: {', '.join(MODELS)}")
     return model
+
+
+@contextmanager
+def estimator_errors_as_clear(model: str) -> Iterator[None]:
+    """scikit-learn's refusal of a parameter value (InvalidParameterError) as one line naming it."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        if type(e).__name__ != "InvalidParameterError":
+            raise
+        raise InputError(f"model {model}: {e}; set it with --param NAME=VALUE (see --search for the usual "
+                         "range)") from None
+
+
+def _fit(model, chosen, X, y, task, splits, budget, dev, dev_dataset, unscored, search_params, protocol, fs):
+    """The estimator and its score under the protocol (parameters searched first when asked)."""
+    tried: list = []
+    if search_params:
+        chosen, tried = search(model, chosen, X, y, task, splits, budget, dev)
+    if dev is not None:
+        est = make(model, chosen).fit(X, y)
+        scores = {**score(task, dev[1], est.predict(dev[0])), "protocol": f"dev dataset {dev_dataset}"}
+    elif unscored:
+        est = make(model, chosen).fit(X, y)
+        scores = {"protocol": "none (test_size=0: fitted once on all rows, not scored)"}
+    else:
+        scores = {**evaluate_splits(model, chosen, X, y, task, splits),
+                  "protocol": protocol.describe(fs.groups is not None)}
+        est = make(model, chosen).fit(X, y)
+    return est, scores, tried
 
 
 @resource_errors_as_clear()
@@ -54,6 +86,18 @@ def fit(db: "Database", dataset: str, *, encoder: str = "", label: str = "label"
     best by macro-F1 (R2 for regression). The final model is refitted on all training rows; a test set is never
     touched here (score it once with `evaluate`). The database is released while the estimator fits, so
     readers are not kept waiting by a long fit."""
+    if not hasattr(db, "connect"):
+        raise InputError(f"heads.fit takes an open store (embedstore.open(path)), not {type(db).__name__} {db!r}")
+    expect(dataset, str, "dataset")
+    expect(encoder, str, "encoder", " (one spec; a+b concatenates several)")
+    if cv is not None:
+        expect(cv, int, "cv")
+    if not 0 <= seed < 2 ** 32:
+        raise InputError(f"seed must be from 0 to 2**32 - 1, not {seed}")
+    if budget is not None and budget <= 0:
+        raise InputError(f"budget must be a positive number of seconds, not {budget}")
+    if budget is not None and not search_params:
+        raise InputError("a budget bounds a parameter search: pass search_params=True (--search) with it")
     task = MODELS[check_model(model)].task
     name = check_name(name or f"{dataset}-{model}", "head")
     fs = features_for(db, dataset, encoder, label, group)
@@ -71,20 +115,10 @@ def fit(db: "Database", dataset: str, *, encoder: str = "", label: str = "label"
         dev = (dfs.X, targets(task, dfs.y, dev_dataset, label, label_names)[0])
     dims = [r.dim for r in (catalog.resolve_encoder(db, f"fp:{fp}") for fp in fs.fingerprints)]
     db.release()  # everything is read: readers may open the database while the estimator fits
-    chosen, tried = dict(params or {}), []
     t0 = time.perf_counter()
-    if search_params:
-        chosen, tried = search(model, dict(params or {}), X, y, task, splits, budget, dev)
-    if dev is not None:
-        est = make(model, chosen).fit(X, y)
-        scores = {**score(task, dev[1], est.predict(dev[0])), "protocol": f"dev dataset {dev_dataset}"}
-    elif unscored:
-        est = make(model, chosen).fit(X, y)
-        scores = {"protocol": "none (test_size=0: fitted once on all rows, not scored)"}
-    else:
-        scores = {**evaluate_splits(model, chosen, X, y, task, splits),
-                  "protocol": protocol.describe(fs.groups is not None)}
-        est = make(model, chosen).fit(X, y)
+    with estimator_errors_as_clear(model):
+        est, scores, tried = _fit(model, dict(params or {}), X, y, task, splits, budget, dev, dev_dataset, unscored, search_params,
+                                  protocol, fs)
     scores["fit_seconds"] = round(time.perf_counter() - t0, 3)
     train_digest = hashlib.sha256("\n".join(f"{h}\t{v}" for h, v in sorted(zip(fs.content_hashes, fs.y.astype(str))))
                                   .encode()).hexdigest()
@@ -95,6 +129,13 @@ def fit(db: "Database", dataset: str, *, encoder: str = "", label: str = "label"
             "fingerprints": fs.fingerprints, "dims": [int(d) for d in dims], "dim": int(X.shape[1]),
             "classes": classes, "n_train": int(len(y)), "train_data_sha256": train_digest, "metrics": scores,
             "search": tried, "seed": seed, "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with db.writing():
+        return _save(db, name, meta, est, fs, scores)
+
+
+def _save(db: "Database", name: str, meta: dict, est, fs, scores: dict) -> tuple[Head, dict]:
+    """The head's files, then the database row that names them, then the old version removed (lock held)."""
+    dataset, label, model = meta["dataset"], meta["label"], meta["model"]
     checksum = write_head_dir(db.path, name, meta, est, fs.content_hashes)
     with db.transaction() as con:
         con.execute("DELETE FROM heads WHERE name = ?", [name])

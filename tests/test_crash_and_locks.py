@@ -124,11 +124,16 @@ def test_second_writer_fails_fast_and_readers_work_during_ingest(tmp_path):
 
 
 def test_writer_lock_in_process(tmp_path):
+    """The writer lock is held while a write runs (here: held on purpose across writes), not while a store is
+    merely open: a second writer fails at once during it, and works after it."""
     s = embedstore.open(tmp_path / "s")
-    with pytest.raises(EmbedstoreError, match=f"locked by PID {os.getpid()}"):
-        embedstore.open(tmp_path / "s")
+    other = embedstore.open(tmp_path / "s")  # open, not writing: no conflict
+    with s.writing():
+        with pytest.raises(EmbedstoreError, match=f"locked by PID {os.getpid()}"):
+            other.ingest(["some words"], dataset="d", encoder=ENC, progress=False)
+    other.ingest(["some words"], dataset="d", encoder=ENC, progress=False)  # released when the write ends
     s.close()
-    embedstore.open(tmp_path / "s").close()  # released on close
+    other.close()
 
 
 def test_many_read_only_openers_at_once(tmp_path):

@@ -74,7 +74,7 @@ def test_truncation_is_recorded_per_item(minilm, store):
     assert r.truncated == 1
     rec = store.resolve_encoder("minilm", "t")
     rows = store.sql(f"SELECT i.key, e.n_tokens, e.truncated, e.device, e.dtype FROM items i JOIN {rec.table} e "
-                     "USING (content_hash) ORDER BY i.key").to_dicts()
+                     "USING (content_hash) ORDER BY i.item_id").to_dicts()
     assert rows[0]["truncated"] is False and rows[1]["truncated"] is True and rows[1]["n_tokens"] > 256
     assert rows[0]["device"] == "cpu" and rows[0]["dtype"] == "float32"
 

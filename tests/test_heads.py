@@ -96,7 +96,7 @@ def test_a_pickle_in_place_of_a_head_is_never_unpickled(trained, tmp_path):
     (d / "manifest.json").write_bytes(manifest)
     forged = hashlib.sha256(manifest).hexdigest()
     d.rename(head_dir(trained.path, "h", forged))
-    with trained.connect() as con:
+    with trained.transaction() as con:
         con.execute("UPDATE heads SET checksum = ? WHERE name = 'h'", [forged])
     with pytest.raises(CorruptFileError, match="model files are unreadable"):
         heads.load(trained, "h")

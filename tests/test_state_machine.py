@@ -162,8 +162,9 @@ class StoreMachine(RuleBasedStateMachine):
         old = self.items.get(dataset, {})
         fresh = {t for _, t, _ in rows} - self.vectors[spec]
         expect = {"rows": len(rows), "new_items": sum(k not in old for k, _, _ in rows),
-                  "updated_items": sum(k in old and old[k][0] != t for k, t, _ in rows),
-                  "embedded": len(fresh), "cached": sum(t not in fresh for _, t, _ in rows), "skipped": {}}
+                  "updated_items": sum(k in old and old[k] != (t, lab) for k, t, lab in rows),  # label too
+                  # each new text is embedded once; every other row (a repeat in the chunk too) is cached
+                  "embedded": len(fresh), "cached": len(rows) - len(fresh), "skipped": {}}
         expect["unchanged_items"] = len(rows) - expect["new_items"] - expect["updated_items"]
         data = [{"key": k, "text": t, "label": lab} for k, t, lab in rows]
         if as_frame:

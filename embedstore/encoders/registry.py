@@ -103,7 +103,11 @@ def parse_spec(spec: str) -> ParsedSpec:
         raise UnknownEncoderError(f"expected one encoder spec, found {spec!r} (a+b concatenations are for "
                                   "heads and features, not for ingest)")
     body, _, query = spec.partition("?")
-    options = dict(parse_qsl(query, keep_blank_values=True))
+    pairs = parse_qsl(query, keep_blank_values=True)
+    options = dict(pairs)
+    if len(options) != len(pairs):
+        twice = sorted({k for k, _ in pairs if sum(1 for j, _ in pairs if j == k) > 1})
+        raise UnknownEncoderError(f"encoder {spec!r}: option(s) {twice} given more than once; give each once")
     if body in ALIASES:
         target = parse_spec(ALIASES[body].target())
         return ParsedSpec(target.scheme, target.name, target.revision, {**target.options, **options})

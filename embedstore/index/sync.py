@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedstore.errors import CorruptFileError, resource_errors_as_clear
+from embedstore.errors import CorruptFileError, StoreLockedError, resource_errors_as_clear
 from embedstore.index.faiss_index import VectorIndex, choose_factory
 from embedstore.features import iter_vectors
 from embedstore.store.queries import first
@@ -68,8 +68,8 @@ class LiveIndex:
 
     def persist(self) -> None:
         """Write the index and its sidecar (writers only); re-choose the factory when the size outgrew it."""
-        if self.db.read_only or not self.dirty:
-            return
+        if not self.db.holds_lock or not self.dirty:
+            return  # only the writer persists; others keep their caught-up index in memory
         with self.db.connect() as con:
             state = db_state(con, self.dataset, self.record)
             if state["count"] != self.index.ntotal or _outgrown(self.index, state["count"]):
@@ -176,8 +176,12 @@ def open_index(db: "Database", dataset: str, record: "EncoderRecord") -> LiveInd
             live = LiveIndex(db, dataset, record, index, "loaded")
             live.origin = _follow(con, live, meta.get("state") or {}, now)
         live.state, live.signature = now, signature(con, record)
-    if not db.read_only:
-        live.persist()
+    if not db.read_only and live.dirty:  # a writable handle repairs the file (unless a writer is busy)
+        try:
+            with db.writing():
+                live.persist()
+        except StoreLockedError:
+            pass  # the writer at work persists its own index; this one stays correct in memory
     return live
 
 
@@ -198,7 +202,7 @@ def live_index(db: "Database", dataset: str, record: "EncoderRecord") -> LiveInd
     k = (dataset, record.fingerprint)
     if k not in db.indexes:
         db.indexes[k] = open_index(db, dataset, record)
-    elif db.read_only:
+    elif not db.holds_lock:  # another process may have written since: follow it (a writer mirrors its own)
         refresh(db.indexes[k])
     return db.indexes[k]
 

@@ -21,7 +21,8 @@ from embedstore.encoders import Encoder, get_encoder
 from embedstore.errors import FingerprintMismatchError, InputError
 from embedstore.hashing import content_hash
 from embedstore.store import catalog
-from embedstore.store.queries import arrow_table, vector_block
+from embedstore.store.queries import arrow_batches, rows_for, vector_block
+from embedstore.validate import as_inputs
 
 if TYPE_CHECKING:
     import duckdb
@@ -59,15 +60,25 @@ def lookup(con: "duckdb.DuckDBPyConnection", record: "EncoderRecord", hashes: li
     """{hash: vector} and {hash: truncated} for the hashes already embedded with `record`."""
     if not hashes or not record.table:
         return {}, {}
+    vec_of: dict = {}
+    trunc_of: dict = {}
     con.register("_lookup", pa.table({"h": pa.array(hashes, pa.string())}))
-    try:
-        rows = arrow_table(con, f"SELECT e.content_hash, e.vector, e.truncated FROM {record.table} e "
-                                "WHERE e.content_hash IN (SELECT h FROM _lookup)")
+    try:  # which hashes are there (their column alone), then their vectors in batches of bounded bytes
+        found = [r[0] for r in con.execute(f"SELECT content_hash FROM {record.table} "
+                                           "WHERE content_hash IN (SELECT h FROM _lookup)").fetchall()]
+        con.unregister("_lookup")
+        if not found:
+            return vec_of, trunc_of
+        con.register("_lookup", pa.table({"h": pa.array(found, pa.string())}))
+        for batch in arrow_batches(con, f"SELECT e.content_hash, e.vector, e.truncated FROM {record.table} e "
+                                        "WHERE e.content_hash IN (SELECT h FROM _lookup)", (), rows_for(record.dim)):
+            found = batch.column(0).to_pylist()
+            vecs = vector_block(batch.column(1), record.dim)
+            vec_of.update(zip(found, vecs))
+            trunc_of.update(zip(found, batch.column(2).to_pylist()))
     finally:
         con.unregister("_lookup")
-    found = rows.column(0).to_pylist()
-    vecs = vector_block(rows.column(1), record.dim)
-    return {h: vecs[i] for i, h in enumerate(found)}, dict(zip(found, rows.column(2).to_pylist()))
+    return vec_of, trunc_of
 
 
 def insert(con: "duckdb.DuckDBPyConnection", record: "EncoderRecord", rows: pa.Table) -> None:
@@ -172,5 +183,5 @@ def encode(db: "Database | None", inputs: Sequence[Any], encoder: str) -> np.nda
     this store (if any) holds them; NaN rows for inputs the encoder skips (empty text, an undecodable image)."""
     enc = get_encoder(encoder)
     record = catalog.encoder_record(db, enc.fingerprint) if db is not None else None
-    cached = embed_cached(db, enc, record, list(inputs))
+    cached = embed_cached(db, enc, record, as_inputs(inputs))
     return cached.matrix(record.dim if record else enc.dim)

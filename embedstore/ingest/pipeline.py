@@ -7,6 +7,7 @@ twice. The DuckDB connection is closed while the encoder runs, so read-only open
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import Counter
@@ -28,6 +29,7 @@ from embedstore.sources import Record, TableOptions, open_source
 from embedstore.sources.records import storable
 from embedstore.store import catalog
 from embedstore.store.catalog import EncoderRecord, check_name
+from embedstore.store.queries import rows_for
 from embedstore.validate import counted
 
 if TYPE_CHECKING:
@@ -74,6 +76,7 @@ class IngestReport:
 
 
 CHUNK_START, CHUNK_MAX, CHUNK_SECONDS = 1024, 16_384, 2.0
+CHUNK_LIMIT = 1_000_000  # the most rows a user may put in one transaction (--chunk-size)
 CHUNK_BYTES = 256 << 20  # a chunk also ends at this much binary content (image files), to bound memory
 
 
@@ -102,11 +105,22 @@ def ingest(db: "Database", source: Any, *, dataset: str, encoder: str | Encoder,
     written). Items that the same keys hold from another source file are replaced only with `replace=True`."""
     db.require_writable()
     check_name(dataset)
+    if chunk_size is not None and not 1 <= chunk_size <= CHUNK_LIMIT:
+        raise InputError(f"chunk_size={chunk_size:,}: rows per transaction must be from 1 to {CHUNK_LIMIT:,}")
     opts = TableOptions(text_column, label_column, id_column, sep, quoting, header, columns, encoding, format,
                         path_column=path_column)
     enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
     src = open_source(source, opts, source_name, enc.modality)
     start = time.perf_counter()
+    with db.writing():
+        return _ingest(db, enc, src, dataset, label_column, replace, chunk_size, progress, start)
+
+
+def _ingest(db: "Database", enc: Encoder, src: Any, dataset: str, label_column: str | None, replace: bool,
+            chunk_size: int | None, progress: bool, start: float) -> IngestReport:
+    it = iter(src)
+    head = _take(it, 1)  # the first row: a reader's own errors (a missing column) come before anything is written
+    it = itertools.chain(head, it)
     catalog.require_fresh_dataset_modality(db, dataset, enc.modality)
     record = catalog.register_encoder(db, enc)
     live = sync.live_index(db, dataset, record)
@@ -115,8 +129,8 @@ def ingest(db: "Database", source: Any, *, dataset: str, encoder: str | Encoder,
     report = IngestReport(dataset, enc.spec, record.fingerprint)
     run = _Run(dataset, src.name, label_column, replace, report)
     every = config.number("checkpoint_items", int, 1)
-    size = chunk_size or CHUNK_START
-    it = iter(src)
+    cap = min(CHUNK_MAX, 4 * rows_for(record.dim))  # rows per chunk: wide vectors make chunks of fewer rows
+    size = chunk_size or min(CHUNK_START, cap)
     with Progress(total=src.total, desc=f"ingest {dataset}", enabled=progress) as bar:
         while chunk := _take(it, size):
             t0 = time.perf_counter()
@@ -125,12 +139,15 @@ def ingest(db: "Database", source: Any, *, dataset: str, encoder: str | Encoder,
                 live.persist()
             db.yield_to_readers()
             if not chunk_size and time.perf_counter() - t0 < CHUNK_SECONDS:
-                size = min(size * 2, CHUNK_MAX)  # fast encoder or cached rows: fewer, larger transactions
+                size = min(size * 2, cap)  # fast encoder or cached rows: fewer, larger transactions
     live.persist()
     sync.forget(db, keep=live)  # others may hold re-keyed items or lack vectors shared with this dataset
     db.release()
     report.skipped = dict(run.skipped)
     report.notes = list(src.notes)
+    if not report.rows:
+        report.notes.append(f"the source held no rows ({src.name}): check the path, the --format, or, for a "
+                            "folder, that it holds .txt files (tables are ingested as files, not folders)")
     report.index = f"{live.index.factory} ({live.index.ntotal:,} vectors, {live.origin} on open)"
     report.seconds = time.perf_counter() - start
     return report
@@ -150,8 +167,10 @@ class _Run:
 
 
 def _same_source(old: str | None, new: str | None) -> bool:
-    """Stores written before sources were recorded by path hold the file name alone: that is the same source."""
-    return old is None or new is None or old == new or (old == new.rsplit("/", 1)[-1] and "/" not in old)
+    """Whether items from `old` may be updated by `new` without `replace`: two different files (full paths) may
+    not; Python objects (no path) and stores written before sources were recorded by path (the file name
+    alone) may."""
+    return not (old and new and old.startswith("/") and new.startswith("/") and old != new)
 
 
 @dataclass
@@ -178,6 +197,7 @@ def _plan(recs: list[Record], hashes: list, reasons: list, existing: dict, vec_o
     those join this encoder's index without a database write."""
     report, skipped = run.report, run.skipped
     new, changed, relabelled, gone_ids, revectored = [], [], [], [], []
+    retagged = 0
     made: set = set()  # fresh vectors already counted: a second row of the same content reuses it (cached)
     other = [r.key for r in recs if r.key in existing and not _same_source(existing[r.key][4], r.source)]
     if other and not run.replace:
@@ -211,10 +231,12 @@ def _plan(recs: list[Record], hashes: list, reasons: list, existing: dict, vec_o
                 revectored.append(row)
             if (old[3], old[4], json.loads(old[5]) if old[5] else None) != \
                     (r.label, r.source, json.loads(meta) if meta else None):
-                relabelled.append(row)
+                relabelled.append(row)  # rewritten; counted as an update when its label or metadata changed
+                retagged += (old[3], json.loads(old[5]) if old[5] else None) != \
+                    (r.label, json.loads(meta) if meta else None)
     report.new_items += len(new)
-    report.updated_items += len(changed) + len(relabelled)  # a new label or source is an update too
-    report.unchanged_items += len(recs) - len(new) - len(changed) - len(relabelled)
+    report.updated_items += len(changed) + retagged  # a new label or metadata is an update too
+    report.unchanged_items += len(recs) - len(new) - len(changed) - retagged
     return new, changed, relabelled, gone_ids, revectored
 
 

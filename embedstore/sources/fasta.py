@@ -2,7 +2,7 @@
 
 What a record becomes:
 - key: the header's first word (`>chr1 Homo sapiens` -> `chr1`); a header with no id -> `<file name>:<record n>`.
-  A repeated id gets a suffix (`id~2`, `id~3`, ...) and a warning names the renamed ids, so keys stay unique
+  A repeated id gets a suffix (`id~2`, `id~3`, ...) and the ingest report's notes name the renamed ids, so keys stay unique
   and nothing is dropped.
 - content: the sequence as read, lines joined; line ends (LF or CRLF) and trailing blanks are dropped, every
   other character is kept (the encoder's alphabet policy judges it, e.g. a digit -> a skip naming the position).
@@ -16,7 +16,6 @@ names it and its line. Text before the first header is an error (the file is not
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -139,4 +138,3 @@ def _unique_keys(records: Iterator[Record], name: str, notes: list[str]) -> Iter
         note = (f"{name}: {len(renamed):,} repeated record id(s) got a suffix to stay unique: "
                 + ", ".join(renamed[:5]) + (", ..." if len(renamed) > 5 else ""))
         notes.append(note)
-        warnings.warn(note, stacklevel=2)

@@ -195,9 +195,18 @@ def _jsonl_records(path: Path, opts: TableOptions) -> Iterator[Record]:
         yield mapper.record(row, rownum)
 
 
-def _parquet_records(path: Path, opts: TableOptions) -> Iterator[Record]:
+def _parquet(path: Path):
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    pf = pq.ParquetFile(path)
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]}); pass --format with what "
+                         "it is (csv, tsv, jsonl, lines, fasta, fastq)") from None
+
+
+def _parquet_records(path: Path, opts: TableOptions) -> Iterator[Record]:
+    pf = _parquet(path)
     mapper = _RowMapper(path.name, opts, _unique_columns(path.name, pf.schema_arrow.names))
     rownum = 0
     for batch in pf.iter_batches(batch_size=8192):
@@ -296,8 +305,7 @@ def open_rows(source: Any, opts: TableOptions, name: str | None = None) -> Sourc
                                  "--id-column need a table (CSV/TSV/JSONL/Parquet)")
             return Source(path.name, _lines_records(path, opts), count_lines(path))
         if fmt == "parquet":
-            import pyarrow.parquet as pq
-            return Source(path.name, _parquet_records(path, opts), pq.ParquetFile(path).metadata.num_rows)
+            return Source(path.name, _parquet_records(path, opts), _parquet(path).metadata.num_rows)
         raise InputError(f"unknown --format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if isinstance(source, io.IOBase):
         raise InputError("pass a path, a DataFrame or an iterable of str/dict rows, not an open file")

@@ -157,6 +157,7 @@ def resolve_feature_set(db: "Database", spec: str, dataset: str | None = None) -
 
 def records_in(db: "Database", dataset: str, specs: list[str], fingerprints: list[str]) -> list[EncoderRecord]:
     """The same encoders (by fingerprint) in another dataset, e.g. dev or test for a head trained on train."""
+    require_dataset(db, dataset)
     out = []
     for spec, fp in zip(specs, fingerprints):
         try:

@@ -2,10 +2,12 @@
 connection and its migrations. Every verb (ingest, search, sql, index, maintenance, heads) takes one of these;
 the `Store` facade (embedstore/facade.py) is one with the verbs added.
 
-Writers are exclusive: an advisory lock file names the PID holding it, so a second writer fails at once.
-An ingest closes its DuckDB connection while the encoder runs and reopens it to write each batch, so that
-read-only openers (search, sql, info, heads eval) can query between batches; they retry while a batch is
-being written (up to `EMBEDSTORE_LOCK_WAIT` seconds).
+Writers are exclusive: an advisory lock file names the PID holding it, so a second writer fails at once. A
+handle takes that lock only while it writes (`writing()`: an ingest, a fit, gc, ...), and between writes reads
+through a read-only connection that it closes after each use, so a store kept open in a notebook blocks no
+command. An ingest closes its DuckDB connection while the encoder runs and reopens it to write each batch, so
+that readers (search, sql, info, heads eval) can query between batches; they retry while a batch is being
+written (up to `EMBEDSTORE_LOCK_WAIT` seconds), saying after a second what they wait for and who holds it.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def _announce_waiting(path: Path) -> int | None:
 
 
 class Database:
-    """A store directory's database; `read_only=True` takes no write lock and never creates files."""
+    """A store directory's database; `read_only=True` never writes and never creates files."""
 
     def __init__(self, path: str | os.PathLike | None = None, *, read_only: bool = False, create: bool = True,
                  files: bool = False):
@@ -58,8 +60,13 @@ class Database:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._depth = 0
         self._lock_fd: int | None = None
+        self._writes = 0          # nesting depth of writing()
+        self._con_rw = False      # whether the open connection is a read-write one
         # in-process live indexes by (dataset, fingerprint), managed by embedstore.index.sync (opaque here)
         self.indexes: dict[tuple[str, str], Any] = {}
+        if self.path.exists() and not self.path.is_dir():
+            raise NotFoundError(f"{self.path} is a file, not a store folder; pass the folder that holds (or will "
+                                f"hold) {layout.DB_NAME}")
         if read_only or not create:
             if not self.db_path.exists():
                 raise NotFoundError(f"no store at {self.path} (no {layout.DB_NAME}); create one with "
@@ -70,11 +77,33 @@ class Database:
                     self._check_migrations(con, apply=False)
             else:
                 self.path.mkdir(parents=True, exist_ok=True)
-                self._acquire_lock()
-                with self.connect() as con:
+                with self.writing(), self.connect() as con:
                     self._check_migrations(con, apply=True)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
+    @property
+    def holds_lock(self) -> bool:
+        return self._lock_fd is not None
+
+    @contextmanager
+    def writing(self) -> Iterator["Database"]:
+        """Hold the writer lock for the block (nested uses share it): one writer at a time, and a second one fails
+        at once naming the first. Every write verb takes it itself; take it around several writes to keep other
+        writers out between them."""
+        self.require_writable()
+        if self._writes == 0:
+            self._acquire_lock()
+        self._writes += 1
+        try:
+            yield self
+        finally:
+            self._writes -= 1
+            if self._writes == 0:
+                self.release()
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
     def _acquire_lock(self) -> None:
         fd = os.open(self.path / layout.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -95,11 +124,11 @@ class Database:
         """Readers wait up to lock_wait seconds while a writer holds the file (announcing themselves, so that an
         ingest lets them in between batches); the writer waits as long as readers take."""
         wait = config.number("lock_wait")
-        deadline, waiting_fd = time.monotonic() + wait, None
+        deadline, waiting_fd, told = time.monotonic() + wait, None, 0.0
         try:
             while True:
                 try:
-                    return duckdb.connect(str(self.db_path), read_only=self.read_only, config={
+                    return duckdb.connect(str(self.db_path), read_only=not self.holds_lock, config={
                         "memory_limit": config.setting("duckdb_memory"),
                         "enable_external_access": self.files,
                         # no extension is fetched or loaded behind the user's back (e.g. by sqlite_scan)
@@ -112,19 +141,34 @@ class Database:
                                                 f"{str(e).splitlines()[0]} Upgrade duckdb (and embedstore) to "
                                                 "open it") from e
                     if not (isinstance(e, duckdb.IOException) and "lock" in msg):
+                        with resource_errors_as_clear():  # a damaged file is StoreCorruptError, with advice
+                            raise e
                         raise EmbedstoreError(f"cannot open {self.db_path}: {e}") from e
-                    if self.read_only and waiting_fd is None:
+                    if not self.holds_lock and waiting_fd is None:
                         waiting_fd = _announce_waiting(self.path)
+                        told = time.monotonic() + 1.0
+                    if not self.holds_lock and told and time.monotonic() > told:
+                        log.warning("waiting up to %g s for %s: %s is writing it", wait, self.db_path,
+                                    self.lock_holder() or "another process")
+                        told = 0.0
                     if time.monotonic() > deadline:
-                        if self.read_only:
-                            raise EmbedstoreError(f"cannot open {self.db_path}: a writer held it for {wait:g} s "
-                                                  f"(EMBEDSTORE_LOCK_WAIT). {e}") from e
+                        if not self.holds_lock:
+                            raise EmbedstoreError(f"cannot open {self.db_path}: {self.lock_holder() or 'a writer'} "
+                                                  f"held it for {wait:g} s (EMBEDSTORE_LOCK_WAIT); retry when it "
+                                                  f"is done, or raise EMBEDSTORE_LOCK_WAIT") from e
                         log.warning("waiting for readers to close %s", self.db_path)
                         deadline = float("inf")
                     time.sleep(0.02)
         finally:
             if waiting_fd is not None:
                 os.close(waiting_fd)  # releases the shared flock
+
+    def lock_holder(self) -> str | None:
+        """What the writer lock file says about who holds it ("PID n (embedstore ingest ...)"), if anyone wrote."""
+        try:
+            return (self.path / layout.LOCK_NAME).read_text(errors="replace").strip() or None
+        except OSError:
+            return None
 
     def yield_to_readers(self, max_wait: float = 5.0) -> None:
         """Between batches of a write: if readers are waiting for the database, close it until they have opened
@@ -146,16 +190,19 @@ class Database:
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The connection, opened on demand. Read-only stores close it after the outermost use, so that an
-        ingest in another process can write its next batch."""
+        """The connection, opened on demand: read-write while this handle holds the writer lock, else read-only
+        and closed after the outermost use, so that a writer in another process can write its next batch."""
+        if self._con is not None and self._con_rw != self.holds_lock and self._depth == 0:
+            self.release()  # a read connection from before writing() began, or a write one from after it ended
         if self._con is None:
             self._con = self._open_duckdb()
+            self._con_rw = self.holds_lock
         self._depth += 1
         try:
             yield self._con
         finally:
             self._depth -= 1
-            if self.read_only and self._depth == 0:
+            if not self.holds_lock and self._depth == 0:
                 self.release()
 
     def release(self) -> None:
@@ -166,8 +213,7 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        self.require_writable()
-        with self.connect() as con:
+        with self.writing(), self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
@@ -184,6 +230,7 @@ class Database:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+            self._writes = 0
 
     def __enter__(self) -> "Database":
         return self

@@ -13,6 +13,13 @@ import numpy as np
 import pyarrow as pa
 
 BATCH_ROWS = 65_536
+BATCH_BYTES = 16 << 20  # a batch of vectors read from DuckDB holds at most about this much
+
+
+def rows_for(width_floats: int) -> int:
+    """Rows per Arrow batch so that a batch of `width_floats`-wide float32 vectors stays near BATCH_BYTES (wide
+    vectors must not make one batch outgrow DuckDB's memory limit)."""
+    return max(64, min(BATCH_ROWS, BATCH_BYTES // (4 * max(width_floats, 1))))
 
 
 def first(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence = ()) -> tuple | None:
