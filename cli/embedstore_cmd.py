@@ -63,7 +63,7 @@ def build_parser():
     se.add_argument("--dataset", required=True)
     q = se.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="query text (embedded with the dataset's encoder, or taken from the cache)")
-    q.add_argument("--sequence", dest="text", help="query DNA/RNA sequence (for datasets of a DNA encoder)")
+    q.add_argument("--sequence", help="query DNA/RNA sequence (for datasets of a DNA encoder)")
     q.add_argument("--image", metavar="FILE", help="query image (for datasets of an image encoder; --text on a "
                    "clip: dataset searches images by text)")
     q.add_argument("--key", help="an item's key: its neighbours (itself excluded)")
@@ -206,7 +206,13 @@ def cmd_embed(args) -> int:
 
 def cmd_search(args) -> int:
     with open_store(args, read_only=True) as store:
-        hits = store.search(args.dataset, Path(args.image) if args.image else args.text, k=10 if args.k is None else args.k, key=args.key,
+        if args.sequence is not None:
+            modality = store.resolve_encoder(args.encoder, args.dataset).modality
+            if modality != "dna":
+                raise InputError(f"--sequence queries a dataset of DNA vectors; {args.dataset!r} holds {modality} "
+                                 "vectors: use --text (or --image)")
+        query = Path(args.image) if args.image else (args.sequence if args.text is None else args.text)
+        hits = store.search(args.dataset, query, k=10 if args.k is None else args.k, key=args.key,
                             vector=_read_vector(args.vector) if args.vector else None, where=args.where,
                             encoder=args.encoder)
     rows_out(hits.rows(), "json" if args.json else args.output_format, ["rank", "score", "key", "label", "text"])

@@ -191,3 +191,31 @@ def test_every_scheme_declares_its_options():
                                                                          "device", "dtype", "batch_size"}
     with pytest.raises(UnknownEncoderError, match="unknown scheme 'nope'; available: st, hf"):
         scheme_options("nope")
+
+
+def test_files_of_one_name_in_one_ingest_keep_their_folder_in_the_key(store, tmp_path):
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        write_tsv(tmp_path / d / "a.tsv", [(f"{d} words", 1)])
+    r = store.ingest(Files([tmp_path / "d1" / "a.tsv", tmp_path / "d2" / "a.tsv"]), dataset="two", encoder=ENC,
+                     progress=False)
+    keys = sorted(x["key"] for x in store.sql("SELECT key FROM items WHERE dataset='two'").to_dicts())
+    assert r.new_items == 2 and keys == ["d1/a.tsv:1", "d2/a.tsv:1"]
+
+
+def test_utf16_files_are_read_whole_lines(store, tmp_path):
+    f = tmp_path / "u16.txt"
+    f.write_text("hello there\nsecond line\n", encoding="utf-16")
+    store.ingest(f, dataset="u", encoder=ENC, encoding="utf-16", progress=False)
+    texts = sorted(x["text"] for x in store.sql("SELECT text FROM items WHERE dataset='u'").to_dicts())
+    assert texts == ["hello there", "second line"]
+
+
+def test_sequences_are_for_dna_encoders(store, tmp_path):
+    fa = tmp_path / "s.fa"
+    fa.write_text(">a\nACGTACGT\n")
+    with pytest.raises(InputError, match="DNA/RNA sequences, but this encoder embeds text"):
+        store.ingest(fa, dataset="t", encoder=ENC, progress=False)
+    store.ingest(["some words"], dataset="t", encoder=ENC, progress=False)
+    p = cli("embedstore", "search", "--dataset", "t", "--sequence", "ACGT", store=store.path, check=False)
+    assert p.returncode == 2 and "--sequence queries a dataset of DNA vectors" in p.stderr

@@ -10,6 +10,7 @@ each reader module knows one family of inputs (images.py reads a path column's t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -36,6 +37,11 @@ def open_source(source: Any, opts: TableOptions, name: str | None = None, modali
         if not source.paths:
             raise InputError("no input files given")
         parts = [open_source(p, opts, None, modality) for p in source.paths]
+        names = [Path(p).name for p in source.paths]
+        root = Path(os.path.commonpath([str(Path(p).expanduser().resolve()) for p in source.paths]))
+        for part, path, base in zip(parts, source.paths, names):
+            if names.count(base) > 1:  # the same file name twice: its keys carry the folder, so none collide
+                _prefixed(part, base, str(Path(path).expanduser().resolve().relative_to(root)))
         totals = [p.total for p in parts]
         chained = Source(name or "+".join(dict.fromkeys(p.name for p in parts)), [],
                          None if None in totals else sum(totals))
@@ -51,6 +57,9 @@ def open_source(source: Any, opts: TableOptions, name: str | None = None, modali
     if isinstance(source, (str, Path)):
         path = Path(source).expanduser()
         if path.is_file() and (fmt := sequence_format(path, opts)):
+            if modality != "dna":
+                raise InputError(f"{path.name} is {fmt.upper()}: DNA/RNA sequences, but this encoder embeds "
+                                 f"{modality}; use a DNA encoder (kmer:6, tiara, hf-dna:<model>) or a DNA head")
             return _located(open_sequences(path, opts, fmt), name or str(path.resolve()))
         return _located(open_rows(source, opts), name or str(path.resolve()))
     return open_rows(source, opts, name)
@@ -68,6 +77,18 @@ def _located(src: Source, origin: str) -> Source:
             yield r
     src.records = stamped()
     return src
+
+
+def _prefixed(src: Source, base: str, rel: str) -> None:
+    """Keys `<file name>:<row>` become `<folder/file name>:<row>`; other keys (a folder's files, FASTA ids)
+    get `<folder/name>/` in front."""
+    records = src.records
+
+    def renamed() -> Iterator[Record]:
+        for r in records:
+            r.key = rel + r.key[len(base):] if r.key.startswith(base + ":") else f"{rel}/{r.key}"
+            yield r
+    src.records = renamed()
 
 
 def _in_turn(parts: list[Source], notes: list[str]) -> Iterator[Record]:

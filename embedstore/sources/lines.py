@@ -28,14 +28,27 @@ def count_lines(path: Path) -> int | None:
 _LONE_CR = re.compile(r"(?<=\r)(?!\n)")  # the point after a \r that ends a line on its own (old Mac files)
 
 
+def _wide_lines(f, path: Path, encoding: str) -> Iterator[bytes]:
+    """Lines of a file in an encoding whose newline is not the byte \n (utf-16, utf-32): decoded whole-stream
+    (a BOM read once), handed on as utf-8 bytes for the line loop."""
+    import io
+    try:
+        for line in io.TextIOWrapper(f, encoding=encoding, newline=""):
+            yield line.encode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: cannot decode it as {encoding} ({e.reason} at byte {e.start} of a block); "
+                         "pass --encoding with the file's real encoding") from None
+
+
 def decoded_lines(path: Path, encoding: str, state: dict) -> Iterator[str]:
     """Lines decoded one by one, so an undecodable byte is reported with its line number. \n, \r\n and a lone
     \r all end a line (mixed in one file too), each line keeping its ending for the csv module."""
     lineno = 0
     with open_binary(path) as f:
-        for raw in f:
+        wide = "\n".encode(encoding) != b"\n"  # utf-16/32: decoded whole-stream, then split
+        for raw in (_wide_lines(f, path, encoding) if wide else f):
             try:
-                text = raw.decode(encoding)
+                text = raw.decode("utf-8" if wide else encoding)
             except UnicodeDecodeError as e:
                 before = raw[:e.start]
                 lone = len(re.findall(rb"\r(?!\n)", before))
