@@ -72,6 +72,19 @@ def given_file(spec: str, value: str, what: str = "weights file") -> Path:
     return path.resolve()
 
 
+def cached_weights(spec: str, repo: str | None, names: tuple[str, ...], url: str | None, url_cache: Path,
+                   what: str, hint: str) -> Path:
+    """Pretrained weights from the local caches only: the Hugging Face cache of `repo` (the first of `names`),
+    else the file a download of `url` would have left in `url_cache`; else the one offline error."""
+    found = local_file(repo, names) if repo else None
+    if found is None and url:
+        path = Path(url_cache) / os.path.basename(url)
+        found = path if path.is_file() else None
+    if found is None:
+        raise offline_error(spec, f"{what} ({repo or url or 'no known download'})", hint)
+    return found
+
+
 def hf_hub_dir(spec: str, name: str, revision: str | None, hint: str) -> str:
     """`hf-hub:<repo>` (open_clip's and timm's spelling) as the repo's local cached directory; other names as
     they are."""

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from embedstore.encoders.base import hash_files
-from embedstore.encoders.hub import hf_hub_dir, local_file, offline_error, read_json
+from embedstore.encoders.hub import cached_weights, hf_hub_dir, read_json
 from embedstore.encoders.image.base import ImageEncoder
 from embedstore.encoders.image.weights import not_model_file
 from embedstore.errors import EncoderUnavailableError
@@ -73,22 +73,14 @@ class OpenCLIPEncoder(ImageEncoder):
 
     def _cached_checkpoint(self, name: str, tag_cfg: dict) -> Path:
         """A tag's checkpoint from open_clip's caches only (the Hugging Face cache, ~/.cache/clip)."""
-        found = None
-        if tag_cfg.get("hf_hub"):
-            repo, filename = os.path.split(tag_cfg["hf_hub"])
-            names = (filename,) if filename else ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-            if filename.endswith((".bin", ".pth")):
-                names = (filename[:-4] + ".safetensors", filename)
-            found = local_file(repo, names)
-        if found is None and tag_cfg.get("url"):
-            path = Path("~/.cache/clip").expanduser() / os.path.basename(tag_cfg["url"])
-            found = path if path.is_file() else None
-        if found is None:
-            where = tag_cfg.get("hf_hub") or tag_cfg.get("url")
-            raise offline_error(self.spec, f"the CLIP weights {name}@{self.revision} ({where})",
-                                f"the file, clip:{name}@/path/to/open_clip_pytorch_model.bin, or the hub repo's "
-                                "directory, clip:/path/to/dir")
-        return found
+        repo, filename = os.path.split(tag_cfg.get("hf_hub") or "")
+        names = (filename,) if filename else ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+        if filename.endswith((".bin", ".pth")):
+            names = (filename[:-4] + ".safetensors", filename)
+        return cached_weights(self.spec, repo or None, names, tag_cfg.get("url"), Path("~/.cache/clip").expanduser(),
+                              f"the CLIP weights {name}@{self.revision}",
+                              f"the file, clip:{name}@/path/to/open_clip_pytorch_model.bin, or the hub repo's "
+                              "directory, clip:/path/to/dir")
 
     @cached_property
     def preprocess(self) -> Preprocess:

@@ -4,13 +4,12 @@ key_map=name|position, pool=<timm global_pool>. No weights are downloaded."""
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from embedstore.encoders.base import hash_files
-from embedstore.encoders.hub import given_file, hf_hub_dir, local_file, offline_error, read_json
+from embedstore.encoders.hub import cached_weights, given_file, hf_hub_dir, read_json
 from embedstore.encoders.image.base import ImageEncoder
 from embedstore.encoders.image.weights import map_by_position, not_model_file, read_state_dict
 from embedstore.encoders.options import Option, merge
@@ -80,17 +79,11 @@ class TimmEncoder(ImageEncoder):
         from timm.models import get_pretrained_cfg
         cfg = get_pretrained_cfg(name)
         cfg = cfg.to_dict() if cfg is not None else {}
-        found = local_file(cfg["hf_hub_id"], ("model.safetensors", "pytorch_model.bin")) \
-            if cfg.get("hf_hub_id") else None
-        if found is None and cfg.get("url"):
-            path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg["url"])
-            found = path if path.is_file() else None
-        if found is None:
-            where = cfg.get("hf_hub_id") or cfg.get("url") or "nowhere (timm knows no pretrained weights for it)"
-            raise offline_error(self.spec, f"the pretrained weights of {name} ({where})",
-                                f"timm:{name}?weights=/path/to/model.safetensors (or a directory in timm's hub layout: "
-                                "timm:/path)")
-        return found
+        return cached_weights(self.spec, cfg.get("hf_hub_id"), ("model.safetensors", "pytorch_model.bin"),
+                              cfg.get("url"), Path(torch.hub.get_dir()) / "checkpoints",
+                              f"the pretrained weights of {name}",
+                              f"timm:{name}?weights=/path/to/model.safetensors (or a directory in timm's hub layout: "
+                              "timm:/path)")
 
     @cached_property
     def _pretrained_cfg(self) -> dict:
