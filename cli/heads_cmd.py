@@ -12,11 +12,14 @@ from .common import (add_json_arg, seed, add_store_arg, add_table_args, build, d
 
 EPILOG = """examples:
   heads fit --dataset sst2 --encoder minilm --label label --model logreg --name sst2-lr
+  heads fit --dataset promoters --encoder kmer:6 --model auto       # rank logreg/svm/knn(/lightgbm), keep the best
+  heads fit --dataset sst2 --encoder minilm --param C=10 --param normalize=none   # override the automatic choices
   heads fit --dataset sst2 --encoder minilm --model svm --search --budget 60 --dev-dataset sst2-dev
   heads eval --head sst2-lr --dataset sst2-test --label label
   heads predict --head sst2-lr new.tsv --text-column sentence --out preds.csv
   echo "a warm, funny film" | heads predict --head sst2-lr -
   heads compare --dataset trec --encoder minilm,paraphrase-l3,minilm+paraphrase-l3 --test-dataset trec-test
+  heads compare --dataset trec --encoder minilm --budget 300           # stop starting rows after 5 minutes
   heads zero-shot --dataset pets --encoder clip:ViT-B-32@laion2b_s34b_b79k --labels "cat,dog"
   heads curve --dataset sst2 --encoder minilm --test-dataset sst2-test --out curve.png
   heads list
@@ -39,11 +42,18 @@ def build_parser():
         sp.add_argument("--dataset", required=True, help="training dataset")
         _label_arg(sp)
 
-    f = sub.add_parser("fit", help="fit a head on a dataset's cached vectors and save it in the store")
+    f = sub.add_parser("fit", help="fit a head on a dataset's cached vectors and save it in the store",
+                       description="Fit a head and save it. Defaults are chosen from the data: features that are not "
+                       "unit length are scaled (l2 or standardised), and logreg's/svm's C, knn's k and mlp's alpha "
+                       "are picked by internal CV on the training rows (printed and stored; --param NAME=VALUE "
+                       "overrides any of them). The score is printed beside the majority-class baseline, with a "
+                       "warning when the head does not beat it.")
     data_args(f)
     f.add_argument("--encoder", default="", help="encoder spec as ingested; a+b concatenates; fp:<prefix> picks "
                    "a fingerprint (default: the dataset's only encoder)")
-    f.add_argument("--model", default="logreg", choices=list(MODELS), help=models_help)
+    f.add_argument("--model", default="logreg", choices=[*MODELS, "auto"],
+                   help=f"{models_help}; auto: rank logreg, svm, knn (and lightgbm on small sets) under the scoring "
+                   "protocol and keep the best (default: logreg)")
     f.add_argument("--name", help="head name (default: <dataset>-<model>)")
     f.add_argument("--param", action="append", metavar="NAME=VALUE", help="estimator parameter, repeatable")
     f.add_argument("--cv", type=int, help="score with K-fold CV instead of a hold-out split")
@@ -87,9 +97,11 @@ def build_parser():
     data_args(c)
     c.add_argument("--encoder", "--encoders", dest="encoder", required=True,
                    help="one spec or several comma-separated, as ingested, e.g. minilm,b,minilm+b")
-    c.add_argument("--model", "--models", dest="model", default="logreg,svm,knn,mlp,lightgbm",
-                   help=f"one model or several comma-separated (default: %(default)s); available: {', '.join(MODELS)}")
+    c.add_argument("--model", "--models", dest="model", default=None,
+                   help="one model or several comma-separated (default: logreg,svm,knn,mlp,lightgbm, without lightgbm "
+                   f"on large wide feature sets); available: {', '.join(MODELS)}")
     c.add_argument("--cv", type=int, default=5)
+    c.add_argument("--budget", type=float, help="seconds: start no new row once spent (rows not run are listed)")
     c.add_argument("--test-dataset")
     c.add_argument("--group-column")
     c.add_argument("--seed", type=seed, default=0)
@@ -108,6 +120,7 @@ def build_parser():
     cu.add_argument("--sizes", default="16,64,256,1024", help="training sizes; 'all' is always added")
     cu.add_argument("--test-dataset")
     cu.add_argument("--repeats", type=int, default=3)
+    cu.add_argument("--budget", type=float, help="seconds: start no new training size once spent")
     cu.add_argument("--out", default="curve.png", help="PNG path (default: %(default)s)")
     cu.add_argument("--seed", type=seed, default=0)
     add_json_arg(cu)
@@ -142,10 +155,33 @@ def build_parser():
 
 
 def _print_metrics(m: dict) -> None:
+    """The scores, each beside the majority-class baseline's (chance MCC and R2 are 0)."""
     from heads.select import METRICS
     keys = [k for task in METRICS.values() for k in task if k in m]
-    table([{"metric": k, "value": m[k], **({"std": m[f"{k}_std"]} if f"{k}_std" in m else {})}
-           for k in dict.fromkeys(keys)])
+    base = m.get("baseline") or {}
+    table([{"metric": k, "value": m[k], **({"std": m[f"{k}_std"]} if f"{k}_std" in m else {}),
+            **({"majority_baseline": base.get(k)} if base else {})} for k in dict.fromkeys(keys)])
+    if base.get("predicts"):
+        print(f"(majority baseline: always {base['predicts']!r})")
+
+
+def _warn(m: dict) -> None:
+    if m.get("warning"):
+        print(f"\nWARNING: {m['warning']}", file=sys.stderr)
+
+
+def _eta(done: int, total: int, elapsed: float) -> str:
+    left = elapsed / max(done, 1) * (total - done)
+    return f"{elapsed:.0f} s elapsed, ETA {left / 60:.1f} min" if total > done else f"{elapsed:.0f} s"
+
+
+def _row_line(row: dict, done: int, total: int, elapsed: float) -> None:
+    scores = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float) and k.startswith(
+        ("cv_", "test_", "accuracy", "macro_f1")) and not k.endswith("_std"))
+    what = "/".join(str(row[k]) for k in ("encoder", "model", "n_train") if row.get(k) not in (None, ""))
+    flag = f"  [{row['warning']}]" if row.get("warning") else ""
+    print(f"[{done}/{total}] {what or '-'}  {scores}  ({_eta(done, total, elapsed)}){flag}", file=sys.stderr,
+          flush=True)
 
 
 def cmd_fit(args) -> int:
@@ -157,17 +193,32 @@ def cmd_fit(args) -> int:
                                  test_size=args.test_size, seed=args.seed, group=args.group_column,
                                  search_params=args.search, budget=args.budget, dev_dataset=args.dev_dataset)
     if args.json:
-        dump_json({"head": head.name, "params": head.meta["params"], **scores})
+        dump_json({"head": head.name, "model": head.meta["model"], "params": head.meta["params"],
+                   "auto": head.meta.get("auto"), "models_ranked": head.meta.get("models_ranked"), **scores})
+        _warn(scores)
         return 0
-    print(f"head {head.name}: {args.model} on {head.meta['n_train']:,} x {head.meta['dim']} "
+    print(f"head {head.name}: {head.meta['model']} on {head.meta['n_train']:,} x {head.meta['dim']} "
           f"({'+'.join(head.meta['encoders'])}), {len(head.meta['classes']) or 'no'} classes")
+    if head.meta.get("models_ranked"):
+        print("model auto: ranked by the scoring protocol")
+        table(head.meta["models_ranked"])
+    auto = head.meta.get("auto") or {}
+    chosen = [f"scaling {auto['normalize']}"] if "normalize" in auto else []
+    if auto.get("tuned"):
+        from heads.tuning import Tuning
+        chosen.append(Tuning(**auto["tuned"]).describe())
+    if chosen:
+        print("chosen from the data: " + "; ".join(chosen) + " (override with --param)")
     if head.meta["search"]:
         print(f"searched {len(head.meta['search'])} settings; kept {head.meta['params']}")
     if "n" not in scores:
         print(f"{scores['protocol']}; fit time {scores['fit_seconds']:.2f}s")
         return 0
     print(f"scored by {scores['protocol']} (n={scores['n']:,}); fit time {scores['fit_seconds']:.2f}s")
+    if scores.get("selection"):
+        print(f"note: {scores['selection']}")
     _print_metrics(scores)
+    _warn(scores)
     return 0
 
 
@@ -186,6 +237,7 @@ def cmd_eval(args) -> int:
             print()
             table(m["per_class"])
         print(f"report: {report}", file=sys.stderr)
+    _warn(m)
     if m["overlap_with_training"]:
         print(f"warning: {m['overlap_with_training']:,} of {m['n']:,} evaluation items have the same content as "
               "training items; these scores are optimistic", file=sys.stderr)
@@ -235,11 +287,37 @@ def cmd_predict(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    """Each row on stderr as it finishes; the ranked table (majority baseline first) on stdout at the end, or on
+    Ctrl-C with the rows finished so far (exit 130)."""
     import heads
-    with open_store(args, read_only=True) as store:
-        rows = heads.compare(store, args.dataset, encoder=args.encoder, label=args.label, model=args.model,
-                             cv=args.cv, seed=args.seed, test_dataset=args.test_dataset, group=args.group_column)
-    rows_out(rows, "json" if args.json else args.output_format, ["rank", *[k for k in rows[0] if k != "rank"]])
+    from heads.comparison import BASELINE
+    from heads.select import ADVICE
+    done: list[dict] = []
+    result = None
+    try:
+        with open_store(args, read_only=True) as store:
+            result = heads.compare(store, args.dataset, encoder=args.encoder, label=args.label, model=args.model,
+                                   cv=args.cv, seed=args.seed, test_dataset=args.test_dataset,
+                                   group=args.group_column, budget=args.budget,
+                                   progress=lambda row, i, n, t: (done.append(row), _row_line(row, i, n, t)))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(done)} row(s) finished; they are printed below (not ranked: no baseline "
+              "computed)", file=sys.stderr)
+        if done:
+            rows_out(done, "json" if args.json else args.output_format)
+        return 130
+    rows = list(result)
+    if result.baseline:
+        rows = [result.baseline, *rows]
+    cols = ["rank", *dict.fromkeys(k for r in rows for k in r if k not in ("rank", "warning")), "warning"]
+    rows_out(rows, "json" if args.json else args.output_format,
+             [c for c in cols if c != "warning" or any(r.get("warning") for r in rows)])
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    weak = [r for r in result if r.get("warning")]
+    if weak:
+        print(f"WARNING: {len(weak)} row(s) do not beat the {BASELINE} row ({weak[0]['warning']}); {ADVICE}",
+              file=sys.stderr)
     return 0
 
 
@@ -250,14 +328,23 @@ def cmd_curve(args) -> int:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip() and s.strip() != "all"]
     except ValueError:
         raise InputError(f"--sizes takes comma-separated whole numbers (and 'all'), not {args.sizes!r}") from None
-    with open_store(args, read_only=True) as store:
-        rows = heads.curve(store, args.dataset, encoder=args.encoder, label=args.label, model=args.model,
-                           sizes=sizes, test_dataset=args.test_dataset, repeats=args.repeats, seed=args.seed)
+    rows: list[dict] = []
+    interrupted = False
+    try:
+        with open_store(args, read_only=True) as store:
+            heads.curve(store, args.dataset, encoder=args.encoder, label=args.label, model=args.model, sizes=sizes,
+                        test_dataset=args.test_dataset, repeats=args.repeats, seed=args.seed, budget=args.budget,
+                        progress=lambda row, i, n, t: (rows.append(row), _row_line(row, i, n, t)))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(rows)} row(s) finished; the plot and table hold those", file=sys.stderr)
+        interrupted = True
+        if not rows:
+            return 130
     where = args.test_dataset or "a 20% hold-out"
     curve_png(rows, Path(args.out), f"{args.model} on {args.dataset}: accuracy on {where}")
     dump_json(rows) if args.json else table(rows)
     print(f"wrote {args.out}", file=sys.stderr)
-    return 0
+    return 130 if interrupted else 0
 
 
 def cmd_zero_shot(args) -> int:
@@ -315,6 +402,10 @@ COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "predict": cmd_predict, "compare":
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    from embedstore.errors import WeakHeadWarning
+    warnings.simplefilter("ignore", WeakHeadWarning)  # the commands print their own WARNING line
     return run(build_parser(), COMMANDS, argv)
 
 

@@ -92,3 +92,7 @@ def resource_errors_as_clear() -> Iterator[None]:
         if duck and any(w in str(e).lower() for w in _CORRUPT_WORDS):
             raise StoreCorruptError(f"the store's database file is damaged ({detail}). {CORRUPT_ADVICE}") from e
         raise
+
+
+class WeakHeadWarning(UserWarning):
+    """A fitted or evaluated head that does not beat the majority-class baseline (or predicts one class)."""

@@ -12,8 +12,8 @@ from heads.estimators import MODELS
 from heads.training import fit
 from heads.head import Head, export, load, load_dir
 from heads.report import evaluate, list_heads
-from heads.select import score
+from heads.select import WeakHeadWarning, score
 from heads.zeroshot import zero_shot
 
-__all__ = ["Head", "MODELS", "compare", "curve", "evaluate", "export", "fit", "list_heads", "load", "load_dir",
+__all__ = ["Head", "MODELS", "WeakHeadWarning", "compare", "curve", "evaluate", "export", "fit", "list_heads", "load", "load_dir",
            "score", "zero_shot"]

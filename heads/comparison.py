@@ -3,41 +3,95 @@ against the number of labelled examples. Both read cached vectors only."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import time
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from embedstore.errors import InputError
-from heads.estimators import MODELS, make
 from embedstore.features import features_for, features_of
-from heads.training import check_model
-from heads.select import METRICS, PRIMARY, Protocol, evaluate_splits, score
-from heads.targets import targets
 from embedstore.validate import split_names
+from heads.estimators import MODELS, make
+from heads.select import METRICS, PRIMARY, Protocol, evaluate_splits, majority_baseline, score, scored, weakness
+from heads.targets import targets
+from heads.training import LIGHTGBM_AUTO_CELLS, check_model, declared_scaling
+from embedstore.store import catalog
 
 if TYPE_CHECKING:
     from embedstore.store.database import Database
 
 DEFAULT_MODELS = ("logreg", "svm", "knn", "mlp", "lightgbm")
+BASELINE = "majority-baseline"
+Progress = Callable[[dict, int, int, float], None]  # (row just finished, rows done, rows planned, seconds so far)
+
+
+class Budget:
+    """Seconds a comparison may spend: work not started once they are spent is listed, not run."""
+
+    def __init__(self, seconds: float | None):
+        if seconds is not None and not seconds > 0:
+            raise InputError(f"budget must be a positive number of seconds, not {seconds}")
+        self.seconds, self.start = seconds, time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def spent(self) -> bool:
+        return self.seconds is not None and self.elapsed > self.seconds
+
+
+class Comparison(list):
+    """The ranked rows (a list of dicts, best first), plus `baseline`: the majority-class baseline scored on the same
+    folds (and test set), and `notes`: models left out of the default list, rows the budget did not run."""
+
+    def __init__(self, rows: list[dict], baseline: dict | None, notes: list[str]):
+        super().__init__(rows)
+        self.baseline = baseline
+        self.notes = notes
+
+
+def default_models(n: int, dim: int, n_classes: int) -> tuple[list[str], str | None]:
+    """DEFAULT_MODELS, less LightGBM where its fits would dominate (a minute or more each), with the reason."""
+    if n * dim * max(n_classes - 1, 1) <= LIGHTGBM_AUTO_CELLS:
+        return list(DEFAULT_MODELS), None
+    return [m for m in DEFAULT_MODELS if m != "lightgbm"], (
+        f"lightgbm left out of the default list on {n:,} x {dim}-d features (each fit would take minutes); "
+        "name it in --model to include it")
 
 
 def compare(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", label: str = "label",
-            model: str | Sequence[str] = DEFAULT_MODELS, cv: int = 5, test_dataset: str | None = None,
-            group: str | None = None, seed: int = 0) -> list[dict]:
+            model: str | Sequence[str] | None = None, cv: int = 5, test_dataset: str | None = None,
+            group: str | None = None, seed: int = 0, budget: float | None = None,
+            progress: Progress | None = None) -> Comparison:
     """Every (encoder or a+b concatenation, model) under one protocol: the same CV folds on the training items
     common to all encoders, and (if given) one score on the test dataset. Rows are ranked by the CV primary metric,
     never by the test score (choosing by test would make it a validation set). `encoder` and `model` take one
-    name, a comma-separated list, or a sequence ('' = the dataset's only encoder)."""
+    name, a comma-separated list, or a sequence ('' = the dataset's only encoder; model None = DEFAULT_MODELS,
+    without LightGBM on large wide feature sets). `.baseline` is the majority-class baseline under the same
+    folds; a row whose head does not beat it carries a `warning`. `budget` (seconds) stops starting new rows once
+    spent (those not run are listed in `.notes`); `progress` is called after each row."""
     encoders = split_names(encoder, "encoders") if encoder else [""]
-    models = [check_model(m) for m in split_names(model, "models")]
+    models = ([check_model(m) for m in split_names(model, "models")] if model is not None
+              else list(DEFAULT_MODELS))
     tasks = {MODELS[m].task for m in models}
     if len(tasks) != 1:
         raise InputError(f"compare scores models of one task under one protocol; {models} mix "
                          f"{', '.join(sorted(tasks))}: compare them in separate runs")
     task = tasks.pop()
+    clock = Budget(budget)
     sets = {e: features_for(db, dataset, e, label, group) for e in encoders}
     common = set.intersection(*(set(fs.content_hashes) for fs in sets.values()))
-    rows = []
+    plan, notes = [], []
+    for enc, fs in sets.items():
+        chosen = models
+        if model is None:
+            chosen, note = default_models(len(common), fs.X.shape[1], len(np.unique(fs.y.astype(str))))
+            if note:
+                notes.append(f"{enc or fs.specs[0]}: {note}")
+        plan += [(enc, m) for m in chosen]
+    rows: list[dict] = []
+    baseline_row = None
     for enc, fs in sets.items():
         keep = np.array([h in common for h in fs.content_hashes])
         order = np.argsort(np.asarray(fs.item_ids)[keep], kind="stable")
@@ -45,31 +99,57 @@ def compare(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", 
         groups = fs.groups[keep][order] if fs.groups is not None else None
         y, names = targets(task, yraw, dataset, label)
         splits = Protocol(task, cv=cv, seed=seed).splits(y, groups)
+        records = [catalog.resolve_encoder(db, f"fp:{fp}") for fp in fs.fingerprints]
         test = None
         if test_dataset:
             tfs = features_of(db, test_dataset, fs.specs, fs.fingerprints, label)
             test = (tfs.X, targets(task, tfs.y, test_dataset, label, names)[0])
-        for model in models:
-            res = evaluate_splits(model, {}, X, y, task, splits)
-            row = {"encoder": enc, "model": model, "dim": X.shape[1],
+        if baseline_row is None:
+            baseline_row = _baseline_row(task, y, splits, test)
+        for m in [m for e, m in plan if e == enc]:
+            if clock.spent():
+                break
+            params = declared_scaling(m, {}, records)
+            res = evaluate_splits(m, params, X, y, task, splits)
+            row = {"encoder": enc, "model": m, "dim": X.shape[1],
                    **{f"cv_{k}": res[k] for k in METRICS[task]}, "fit_seconds": res["fit_seconds"]}
             if test is not None:
-                est = make(model, {}).fit(X, y)
-                row.update({f"test_{k}": v for k, v in score(task, test[1], est.predict(test[0])).items()
-                            if k != "n"})
+                est = make(m, params).fit(X, y)
+                row.update({f"test_{k}": v for k, v in scored(task, y, test[1], est.predict(test[0])).items()
+                            if k in METRICS[task]})
+            warn = weakness(task, res)
+            if warn:
+                row["warning"] = warn.split(";")[0]
             rows.append(row)
+            if progress:
+                progress(row, len(rows), len(plan), clock.elapsed)
     rows.sort(key=lambda r: -r[f"cv_{PRIMARY[task]}"])  # ranked on training data only; test is a column
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
-    return rows
+    done = {(r["encoder"], r["model"]) for r in rows}
+    left = [f"{e or '-'}/{m}" for e, m in plan if (e, m) not in done]
+    if left:
+        notes.append(f"budget of {budget:g} s spent: not run: {', '.join(left)}")
+    return Comparison(rows, baseline_row, notes)
+
+
+def _baseline_row(task: str, y: np.ndarray, splits: list, test) -> dict:
+    """The majority-class baseline scored like every model: the same folds (and the test set)."""
+    per = [majority_baseline(task, y[tr], y[te]) for tr, te in splits]
+    row = {"encoder": "", "model": BASELINE, "dim": 0, "rank": None,
+           **{f"cv_{k}": float(np.mean([p[k] for p in per])) for k in METRICS[task]}, "fit_seconds": 0.0}
+    if test is not None:
+        row.update({f"test_{k}": v for k, v in majority_baseline(task, y, test[1]).items() if k in METRICS[task]})
+    return row
 
 
 def curve(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", label: str = "label", model: str = "logreg",
           sizes: Sequence[int] = (16, 64, 256, 1024), test_dataset: str | None = None, repeats: int = 3,
-          seed: int = 0) -> list[dict]:
+          seed: int = 0, budget: float | None = None, progress: Progress | None = None) -> list[dict]:
     """Test score vs number of labelled training examples (stratified subsamples, several seeds for small
     sizes), per encoder (one spec, a comma-separated list, or a sequence). Without a test dataset, 20% of the
-    training items are held out once."""
+    training items are held out once. Each row has the majority baseline's accuracy on the same test items;
+    `budget` and `progress` as in `compare` (rows not run once the budget is spent are left out)."""
     task = MODELS[check_model(model)].task
     if task != "classification":
         raise InputError("learning curves are for classification heads")
@@ -77,8 +157,11 @@ def curve(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", la
         raise InputError(f"curve: repeats must be from 1 to 100 (got {repeats:,}) and every size at least 1 "
                          f"(got {list(sizes)[:5]})")
     from sklearn.model_selection import train_test_split
-    rows = []
-    for enc in (split_names(encoder, "encoders") if encoder else [""]):
+    clock = Budget(budget)
+    encoders = split_names(encoder, "encoders") if encoder else [""]
+    planned = len(encoders) * (len(set(sizes)) + 1)
+    rows: list[dict] = []
+    for enc in encoders:
         fs = features_for(db, dataset, enc, label)
         y, _ = targets(task, fs.y, dataset, label)
         X = fs.X
@@ -91,6 +174,8 @@ def curve(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", la
             Xte, yte = X[held], y[held]
         n_classes = len(np.unique(y))
         for size in [s for s in sizes if s < len(pool)] + [len(pool)]:
+            if clock.spent():
+                return rows
             reps = repeats if size < len(pool) else 1
             scores = []
             for r in range(reps):
@@ -103,5 +188,8 @@ def curve(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", la
                 scores.append(score(task, yte, est.predict(Xte)))
             rows.append({"encoder": enc, "n_train": int(len(take)), "repeats": reps,
                          **{k: float(np.mean([s[k] for s in scores])) for k in METRICS[task]},
-                         "accuracy_std": float(np.std([s["accuracy"] for s in scores]))})
+                         "accuracy_std": float(np.std([s["accuracy"] for s in scores])),
+                         "baseline_accuracy": majority_baseline(task, y[take], yte)["accuracy"]})
+            if progress:
+                progress(rows[-1], len(rows), planned, clock.elapsed)
     return rows

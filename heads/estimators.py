@@ -6,7 +6,10 @@ only stores parameters; `fit` returns self; a wrong input width is "X has 5 feat
 expecting 384 features as input".
 
 Preprocessing is declared per head (`normalize`): "l2" rescales each vector to unit length (cosine geometry,
-what most sentence encoders are trained for), "standard" standardises each feature, "none" leaves them.
+what most sentence encoders are trained for), "standard" standardises each feature, "none" leaves them, "auto"
+(the default of the linear heads and the MLP) decides from the data (heads/tuning.py); the fitted choice is
+`normalize_`. Regularisation given as "auto" (the default: logreg's and the SVM's C, kNN's n_neighbors, the MLP's
+alpha) is chosen by internal cross-validation on the training rows; what was tried is `tuning_`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -22,8 +25,20 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from embedstore.errors import InputError
+from heads.tuning import AUTO, Tuning, macro_f1, scalings, tune, tune_with_scaling
 
-NORMALIZE = ("l2", "standard", "none")
+NORMALIZE = ("auto", "l2", "standard", "none")
+# C grids for unit-length rows; standardised rows have squared norm ~dim, so their grid is divided by dim
+LOGREG_CS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+SVM_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+
+def c_grid(unit_grid: tuple) -> Callable[[str, int], tuple]:
+    def grid(scaling: str, dim: int) -> tuple:
+        return tuple(float(f"{c / dim:.3g}") for c in unit_grid) if scaling == "standard" else unit_grid
+    return grid
+KNN_KS = (1, 3, 5, 9, 15, 25, 45, 75)
+MLP_ALPHAS = (1e-4, 1e-3, 1e-2, 0.1, 1.0)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -49,11 +64,16 @@ class _Head(BaseEstimator):
 
     normalize: str
 
-    def _prep_fit(self, X: np.ndarray) -> np.ndarray:
+    def _scalings(self, X: np.ndarray, tuned: bool = False) -> list[str]:
         if self.normalize not in NORMALIZE:
             raise ValueError(f"normalize must be one of {NORMALIZE}, got {self.normalize!r}")
+        return scalings(self.normalize, X, tuned)
+
+    def _prep_fit(self, X: np.ndarray, normalize: str | None = None) -> np.ndarray:
+        """X preprocessed as `normalize` says (default: the head's own rule), which becomes `normalize_`."""
         X = np.asarray(X, dtype=np.float64)
-        if self.normalize == "standard":
+        self.normalize_ = normalize or self._scalings(X)[0]
+        if self.normalize_ == "standard":
             self.mean_ = X.mean(axis=0)
             scale = X.std(axis=0)
             self.scale_ = np.where(scale > 1e-12, scale, 1.0)
@@ -61,11 +81,38 @@ class _Head(BaseEstimator):
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
-        if self.normalize == "l2":
+        how = getattr(self, "normalize_", self.normalize)  # heads saved before `normalize_` existed
+        if how == "l2":
             return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-        if self.normalize == "standard":
+        if how == "standard":
             return (X - self.mean_) / self.scale_
         return X
+
+    def _tuned(self, param: str, values: tuple, X: np.ndarray, codes: np.ndarray, fit_score_for,
+               options: list[str] | None = None, folds: int | None = None,
+               extend: bool = True) -> tuple[Any, np.ndarray]:
+        """(the value of `param`, X preprocessed) with `param` chosen by internal CV when it is "auto"; the
+        scaling is chosen along with it when it is "auto" too. Falls back to the middle of the grid when no
+        split is possible (a class with a single item)."""
+        X = np.asarray(X, dtype=np.float64)
+        given = getattr(self, param)
+        options = options or self._scalings(X, tuned=given == AUTO)
+        if given != AUTO:
+            return given, self._prep_fit(X, options[0])
+        kw = {"seed": getattr(self, "random_state", 0) or 0, **({"folds": folds} if folds else {})}
+        if len(options) == 1:
+            Xp = self._prep_fit(X, options[0])
+            grid = values(options[0], X.shape[1]) if callable(values) else values
+            t = tune(param, grid, fit_score_for(Xp), codes, dim=Xp.shape[1], extend=extend, **kw)
+        else:
+            t = tune_with_scaling(param, values, options, lambda o: self._prep_fit(X, o), fit_score_for, codes, **kw)
+            Xp = self._prep_fit(X, t.scaling if t else options[-1])
+        if t is None:
+            grid = values(self.normalize_, X.shape[1]) if callable(values) else values
+            t = Tuning(param, grid[len(grid) // 2], None, 0, len(codes), [],
+                       "not tuned: a class has a single item (the middle of the grid is used)")
+        self.tuning_ = t.as_dict()
+        return self.tuning_["value"], Xp
 
     def _check(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
@@ -73,13 +120,13 @@ class _Head(BaseEstimator):
 
 
 class _Classifier(ClassifierMixin, _Head):
-    def _targets(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _targets(self, X: Any, y: Any, prep: bool = True) -> tuple[np.ndarray, np.ndarray]:
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"a classifier needs at least 2 classes; y has 1 class: {self.classes_[0]!r}")
-        return self._prep_fit(X), codes
+        return (self._prep_fit(X) if prep else np.asarray(X, dtype=np.float64)), codes
 
     def _weights(self, class_weight: Any) -> Any:
         """class_weight keyed by our label codes (the inner estimator sees codes, the user gives labels)."""
@@ -105,21 +152,62 @@ class _Linear(_Classifier):
         return X @ self.coef_.T + self.intercept_
 
 
-class LogisticHead(_Linear):
-    """Multinomial logistic regression (L2). The default head: strong, fast, calibrated enough."""
+ONE_THREAD_CELLS = 10_000_000
 
-    def __init__(self, C: float = 1.0, class_weight: str | None = None, normalize: str = "none",
-                 max_iter: int = 2000):
+
+def _quiet_fit(model: Any, X: np.ndarray, y: np.ndarray) -> Any:
+    """Fit without ConvergenceWarnings (a grid point that stops at max_iter is still scored honestly), on one BLAS
+    thread for small problems: the solvers' many small products run several times slower when BLAS threads spin
+    (measured 9x on 1,500 x 256 features, 2 cores)."""
+    import warnings
+    from contextlib import nullcontext
+
+    from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
+    with warnings.catch_warnings(), (threadpool_limits(1) if X.size < ONE_THREAD_CELLS else nullcontext()):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(X, y)
+
+
+def _fold_scorer(make_model: Callable[[Any], Any], codes: np.ndarray, warm: bool = False):
+    """fit_score_for(Xp) for heads.tuning.tune: one model per fold (warm-started along the grid when `warm`),
+    scored by macro-F1 on the fold's held-out rows."""
+    def fit_score_for(Xp: np.ndarray):
+        def fit_score(value: Any, fold: int, tr: np.ndarray, te: np.ndarray, state: dict) -> float:
+            if "Xtr" not in state:
+                state["Xtr"], state["Xte"] = Xp[tr], Xp[te]
+            model = state.get("model") if warm else None
+            model = make_model(value) if model is None else model.set_params(C=value)
+            state["model"] = _quiet_fit(model, state["Xtr"], codes[tr])
+            return macro_f1(codes[te], model.predict(state["Xte"]))
+        return fit_score
+    return fit_score_for
+
+
+class LogisticHead(_Linear):
+    """Multinomial logistic regression (L2). The default head: strong, fast, calibrated enough. C="auto" picks
+    C (and, on features that are not unit length, l2 or standard scaling) by internal CV, warm-started."""
+
+    def __init__(self, C: float | str = AUTO, class_weight: str | None = None, normalize: str = AUTO,
+                 max_iter: int = 2000, random_state: int = 0):
         self.C = C
         self.class_weight = class_weight
         self.normalize = normalize
         self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _model(self, C: float) -> Any:
+        from sklearn.linear_model import LogisticRegression
+        return LogisticRegression(C=C, class_weight=self._weights(self.class_weight), max_iter=self.max_iter,
+                                  warm_start=True)
+
+    def _tuning_model(self, C: float) -> Any:
+        return self._model(C).set_params(max_iter=min(self.max_iter, 500))  # grid points need no last digit
 
     def fit(self, X: Any, y: Any) -> "LogisticHead":
-        from sklearn.linear_model import LogisticRegression
-        Xp, codes = self._targets(X, y)
-        lr = LogisticRegression(C=self.C, class_weight=self._weights(self.class_weight),
-                                max_iter=self.max_iter).fit(Xp, codes)
+        X, codes = self._targets(X, y, prep=False)
+        self.C_, Xp = self._tuned("C", c_grid(LOGREG_CS), X, codes, _fold_scorer(self._tuning_model, codes, warm=True))
+        lr = _quiet_fit(self._model(self.C_), Xp, codes)
         self.coef_, self.intercept_, self.n_iter_ = lr.coef_, lr.intercept_, int(np.max(lr.n_iter_))
         return self
 
@@ -129,9 +217,9 @@ class LogisticHead(_Linear):
 
 class LinearSVMHead(_Linear):
     """Linear SVM with Platt-calibrated probabilities: sigmoids fitted on cross-validated decision values,
-    weighted like the SVM (class_weight), so that predictions are the calibrated argmax."""
+    weighted like the SVM (class_weight), so that predictions are the calibrated argmax. C="auto" as logreg's."""
 
-    def __init__(self, C: float = 0.1, class_weight: str | None = "balanced", normalize: str = "standard",
+    def __init__(self, C: float | str = AUTO, class_weight: str | None = "balanced", normalize: str = AUTO,
                  calibration_folds: int = 3, random_state: int = 0):
         self.C = C
         self.class_weight = class_weight
@@ -143,9 +231,12 @@ class LinearSVMHead(_Linear):
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
         from sklearn.svm import LinearSVC
-        Xp, codes = self._targets(X, y)
-        svc = LinearSVC(C=self.C, class_weight=self._weights(self.class_weight), random_state=self.random_state)
-        svc.fit(Xp, codes)
+
+        def model(C: float) -> Any:
+            return LinearSVC(C=C, class_weight=self._weights(self.class_weight), random_state=self.random_state)
+        X, codes = self._targets(X, y, prep=False)
+        self.C_, Xp = self._tuned("C", c_grid(SVM_CS), X, codes, _fold_scorer(model, codes))
+        svc = _quiet_fit(model(self.C_), Xp, codes)
         self.coef_, self.intercept_ = svc.coef_, svc.intercept_
         folds = min(self.calibration_folds, int(np.bincount(codes).min()))
         if folds >= 2:
@@ -190,27 +281,48 @@ def _knn_search(train: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndar
     return np.take_along_axis(sims, idx, axis=1), idx
 
 
+def _votes(sims: np.ndarray, labels: np.ndarray, n_classes: int, weights: str) -> np.ndarray:
+    """Class shares of the neighbours' (similarity-weighted) votes."""
+    w = np.maximum(sims, 0) + 1e-6 if weights == "distance" else np.ones_like(sims)
+    votes = np.zeros((len(sims), n_classes))
+    np.add.at(votes, (np.repeat(np.arange(len(sims)), sims.shape[1]), labels.ravel()), w.ravel())
+    return votes / votes.sum(axis=1, keepdims=True)
+
+
 class KNNHead(_Classifier):
-    """k nearest neighbours by cosine similarity, similarity-weighted votes (FAISS for large sets)."""
+    """k nearest neighbours by cosine similarity, similarity-weighted votes (FAISS for large sets).
+    n_neighbors="auto" picks k by internal CV (one neighbour search per fold serves every k)."""
 
     normalize = "l2"  # fixed: cosine geometry
 
-    def __init__(self, n_neighbors: int = 15, weights: str = "distance"):
+    def __init__(self, n_neighbors: int | str = AUTO, weights: str = "distance"):
         self.n_neighbors = n_neighbors
         self.weights = weights
 
     def fit(self, X: Any, y: Any) -> "KNNHead":
-        Xp, codes = self._targets(X, y)
+        X, codes = self._targets(X, y, prep=False)
+        k_max = max(KNN_KS)
+
+        def fit_score_for(Xp: np.ndarray):
+            def fit_score(k: int, fold: int, tr: np.ndarray, te: np.ndarray, state: dict) -> float:
+                if "sims" not in state:  # every k's neighbours: the k_max nearest, most similar first
+                    sims, idx = _knn_search(Xp[tr].astype(np.float32), Xp[te].astype(np.float32), k_max)
+                    order = np.argsort(-sims, axis=1)
+                    state["sims"] = np.take_along_axis(sims, order, axis=1)
+                    state["labels"] = codes[tr][np.take_along_axis(idx, order, axis=1)]
+                votes = _votes(state["sims"][:, :k], state["labels"][:, :k], len(self.classes_), self.weights)
+                return macro_f1(codes[te], votes.argmax(axis=1))
+            return fit_score
+        self.n_neighbors_, Xp = self._tuned("n_neighbors", KNN_KS, X, codes, fit_score_for, options=["l2"],
+                                              extend=False)
         self.X_train_ = Xp.astype(np.float32)
         self.y_train_ = codes
         return self
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
-        sims, idx = _knn_search(self.X_train_, X.astype(np.float32), self.n_neighbors)
-        w = np.maximum(sims, 0) + 1e-6 if self.weights == "distance" else np.ones_like(sims)
-        votes = np.zeros((len(X), len(self.classes_)))
-        np.add.at(votes, (np.repeat(np.arange(len(X)), idx.shape[1]), self.y_train_[idx].ravel()), w.ravel())
-        return votes / votes.sum(axis=1, keepdims=True)
+        k = getattr(self, "n_neighbors_", self.n_neighbors)
+        sims, idx = _knn_search(self.X_train_, X.astype(np.float32), k)
+        return _votes(sims, self.y_train_[idx], len(self.classes_), self.weights)
 
 
 def _mlp_forward(X: np.ndarray, coefs: list[np.ndarray], intercepts: list[np.ndarray]) -> np.ndarray:
@@ -221,10 +333,11 @@ def _mlp_forward(X: np.ndarray, coefs: list[np.ndarray], intercepts: list[np.nda
 
 
 class MLPHead(_Classifier):
-    """A small one-hidden-layer MLP (ReLU, Adam, early stopping) on standardised features."""
+    """A small one-hidden-layer MLP (ReLU, Adam, early stopping) on standardised features; alpha="auto" picks the
+    L2 penalty on an internal hold-out split."""
 
-    def __init__(self, hidden: int = 256, alpha: float = 1e-3, max_iter: int = 200, normalize: str = "standard",
-                 random_state: int = 0):
+    def __init__(self, hidden: int = 256, alpha: float | str = AUTO, max_iter: int = 200,
+                 normalize: str = "standard", random_state: int = 0):
         self.hidden = hidden
         self.alpha = alpha
         self.max_iter = max_iter
@@ -232,16 +345,23 @@ class MLPHead(_Classifier):
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any) -> "MLPHead":
-        import warnings
-        from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPClassifier
-        Xp, codes = self._targets(X, y)
-        early = len(codes) >= 1000 and int(np.bincount(codes).min()) >= 10  # else every row is needed to train
-        mlp = MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, max_iter=self.max_iter,
-                            early_stopping=early, random_state=self.random_state)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            mlp.fit(Xp, codes)
+
+        def model(alpha: float, n: int, counts: np.ndarray) -> Any:
+            early = n >= 1000 and int(counts.min()) >= 10  # else every row is needed to train
+            return MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=alpha, max_iter=self.max_iter,
+                                 early_stopping=early, random_state=self.random_state)
+
+        X, codes = self._targets(X, y, prep=False)
+
+        def fit_score_for(Xp: np.ndarray):
+            def fit_score(alpha: float, fold: int, tr: np.ndarray, te: np.ndarray, state: dict) -> float:
+                m = _quiet_fit(model(alpha, len(tr), np.bincount(codes[tr])), Xp[tr], codes[tr])
+                return macro_f1(codes[te], m.predict(Xp[te]))
+            return fit_score
+        # one internal hold-out split: an MLP fit costs many linear ones
+        self.alpha_, Xp = self._tuned("alpha", MLP_ALPHAS, X, codes, fit_score_for, folds=1)
+        mlp = _quiet_fit(model(self.alpha_, len(codes), np.bincount(codes)), Xp, codes)
         self.coefs_, self.intercepts_, self.n_iter_ = list(mlp.coefs_), list(mlp.intercepts_), int(mlp.n_iter_)
         return self
 
@@ -326,16 +446,23 @@ class _Regressor(RegressorMixin, _Head):
 
 
 class RidgeHead(_Regressor):
-    """Ridge regression."""
+    """Ridge regression; alpha="auto" picks it by leave-one-out CV (RidgeCV)."""
 
-    def __init__(self, alpha: float = 1.0, normalize: str = "standard"):
+    def __init__(self, alpha: float | str = AUTO, normalize: str = "standard"):
         self.alpha = alpha
         self.normalize = normalize
 
     def fit(self, X: Any, y: Any) -> "RidgeHead":
-        from sklearn.linear_model import Ridge
+        from sklearn.linear_model import Ridge, RidgeCV
         Xp, y = self._xy(X, y)
-        r = Ridge(alpha=self.alpha).fit(Xp, y)
+        if self.alpha == AUTO:  # efficient leave-one-out over a log grid
+            r = RidgeCV(alphas=np.logspace(-3, 4, 15)).fit(Xp, y)
+            self.alpha_ = float(r.alpha_)
+            self.tuning_ = {"param": "alpha", "value": self.alpha_, "how": "leave-one-out (RidgeCV)",
+                            "grid": [float(a) for a in np.logspace(-3, 4, 15)]}
+        else:
+            self.alpha_ = self.alpha
+            r = Ridge(alpha=self.alpha).fit(Xp, y)
         self.coef_, self.intercept_ = np.atleast_1d(r.coef_), float(r.intercept_)
         return self
 
@@ -387,7 +514,7 @@ class LightGBMRegressorHead(_Booster, _Regressor):
 class MultiLabelHead(_Head):
     """One logistic regression per label for multi-label targets (an indicator matrix, see MultiLabelBinarizer)."""
 
-    def __init__(self, C: float = 1.0, normalize: str = "none", threshold: float = 0.5):
+    def __init__(self, C: float = 1.0, normalize: str = AUTO, threshold: float = 0.5):
         self.C = C
         self.normalize = normalize
         self.threshold = threshold
@@ -433,10 +560,11 @@ class Model:
 
 
 MODELS: dict[str, Model] = {
-    "logreg": Model(LogisticHead, "classification", "logistic regression (L2)", {"C": [0.1, 0.3, 1.0, 3.0, 10.0]}),
-    "svm": Model(LinearSVMHead, "classification", "linear SVM, Platt-calibrated probabilities",
-                 {"C": [0.01, 0.03, 0.1, 0.3, 1.0]}),
-    "knn": Model(KNNHead, "classification", "cosine k-nearest neighbours (FAISS above a few thousand)",
+    "logreg": Model(LogisticHead, "classification", "logistic regression (L2; C and scaling chosen by internal CV)",
+                    {"C": [0.01, 0.1, 1.0, 10.0, 100.0], "normalize": ["l2", "standard"]}),
+    "svm": Model(LinearSVMHead, "classification", "linear SVM, Platt-calibrated probabilities (C chosen by CV)",
+                 {"C": [0.001, 0.01, 0.1, 1.0], "normalize": ["l2", "standard"]}),
+    "knn": Model(KNNHead, "classification", "cosine k-nearest neighbours (k chosen by CV; FAISS for large sets)",
                  {"n_neighbors": [5, 15, 45]}),
     "mlp": Model(MLPHead, "classification", "one-hidden-layer MLP, early stopping",
                  {"hidden": [128, 512], "alpha": [1e-4, 1e-2]}),

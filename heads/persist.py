@@ -37,6 +37,15 @@ from heads.estimators import HEAD_CLASSES
 MODEL_FILES = ("head.json", "model.json", "model.npz", "train_hashes.npy")
 
 
+def _plain(value: Any) -> bool:
+    """JSON data only (no objects that would need code to rebuild)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, (int, float, str, bool, type(None)))
+
+
 def dump_model(model: Any) -> tuple[bytes, bytes]:
     """(model.json, model.npz) for a head from heads.estimators: params + fitted attributes, no pickle."""
     cls = type(model).__name__
@@ -54,6 +63,8 @@ def dump_model(model: Any) -> tuple[bytes, bytes]:
             lists[attr] = value
         elif isinstance(value, (int, float, str, bool, type(None), np.integer, np.floating)):
             scalars[attr] = value.item() if isinstance(value, np.generic) else value
+        elif isinstance(value, dict) and _plain(value):  # e.g. tuning_: what an automatic choice tried
+            scalars[attr] = value
         else:
             raise CorruptFileError(f"cannot save {cls}.{attr} of type {type(value).__name__} safely")
     buf = io.BytesIO()

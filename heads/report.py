@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -12,7 +13,7 @@ from embedstore.fsutil import atomic_write_json
 from heads.estimators import MODELS
 from embedstore.features import features_of
 from heads.head import load
-from heads.select import METRICS, score
+from heads.select import METRICS, WeakHeadWarning, majority_baseline, score, weakness
 from heads.targets import targets
 
 if TYPE_CHECKING:
@@ -55,6 +56,13 @@ def evaluate(db: "Database", name: str, dataset: str, *, label: str = "label",
     X = head.check_features(fs.X, fs.fingerprints)
     pred = head.model.predict(X)
     out: dict[str, Any] = score(head.task, y, pred)
+    out["baseline"] = _baseline(head, y)
+    if head.task == "classification":
+        out["predicted_classes"] = int(len(np.unique(pred)))
+    warning = weakness(head.task, out)
+    if warning:
+        out["warning"] = warning
+        warnings.warn(warning, WeakHeadWarning, stacklevel=2)
     mine = np.array([bytes.fromhex(h) for h in fs.content_hashes], dtype="S16")
     out.update(head=name, dataset=dataset, overlap_with_training=int(np.isin(mine, head.train_hashes).sum()))
     if head.task == "classification":
@@ -71,6 +79,18 @@ def evaluate(db: "Database", name: str, dataset: str, *, label: str = "label",
                                                      f"{name} on {dataset}"))
         atomic_write_json(report_dir / "metrics.json", out)
     return out
+
+
+def _baseline(head, y: np.ndarray) -> dict:
+    """The majority baseline on these labels: the head's training majority class (or, for heads saved without
+    class counts, the most frequent class among these labels, which flatters the baseline)."""
+    counts = head.meta.get("class_counts")
+    if head.task == "classification" and counts:
+        train = np.asarray([max(counts, key=counts.get)])
+        return {**majority_baseline(head.task, train, y), "from": "the training majority class"}
+    if head.task == "regression" and "train_mean" in head.meta:
+        return majority_baseline(head.task, np.asarray([head.meta["train_mean"]]), y)
+    return {**majority_baseline(head.task, y, y), "from": "the evaluated labels (the head predates class counts)"}
 
 
 def list_heads(db: "Database") -> list[dict]:

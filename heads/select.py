@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from embedstore.errors import InputError
+from embedstore.errors import InputError, WeakHeadWarning  # noqa: F401 (re-exported)
 from heads.estimators import MODELS, make
 
 
@@ -28,8 +28,79 @@ def score(task: str, y_true: Any, y_pred: Any) -> dict:
                 "macro_f1": float(m.f1_score(y_true, y_pred, average="macro", zero_division=0)),
                 "subset_accuracy": float(m.accuracy_score(y_true, y_pred)), "n": n}
     return {"accuracy": float(m.accuracy_score(y_true, y_pred)),
-            "macro_f1": float(m.f1_score(y_true, y_pred, average="macro")),
+            "macro_f1": float(m.f1_score(y_true, y_pred, average="macro", zero_division=0)),
             "mcc": float(m.matthews_corrcoef(y_true, y_pred)), "n": n}
+
+
+def majority_baseline(task: str, y_train: Any, y_true: Any) -> dict:
+    """The scores of the head that ignores its input: the training majority class (classification), the
+    training mean (regression), each label's training majority (multi-label). Chance MCC and R2 are 0."""
+    y_train, y_true = np.asarray(y_train), np.asarray(y_true)
+    if task == "regression":
+        pred = np.full(len(y_true), float(np.mean(y_train)))
+    elif task == "multilabel":
+        pred = np.tile((y_train.mean(axis=0) > 0.5).astype(y_true.dtype), (len(y_true), 1))
+    else:
+        values, counts = np.unique(y_train, return_counts=True)
+        pred = np.full(len(y_true), values[counts.argmax()], dtype=values.dtype)
+    out = score(task, y_true, pred)
+    if task == "classification":
+        out["predicts"] = str(values[counts.argmax()])
+    return out
+
+
+def scored(task: str, y_train: Any, y_true: Any, y_pred: Any) -> dict:
+    """`score`, with the majority baseline beside it and how many classes the head predicted."""
+    out = score(task, y_true, y_pred)
+    out["baseline"] = majority_baseline(task, y_train, y_true)
+    if task == "classification":
+        out["predicted_classes"] = int(len(np.unique(np.asarray(y_pred))))
+    return out
+
+
+ADVICE = ("try: scaled features (--param normalize=standard), a parameter search (--search), or another head "
+          "(--model auto, or heads compare)")
+
+
+def weakness(task: str, scores: dict) -> str | None:
+    """Why a head's scores say it learned nothing useful (None when it beat the majority baseline).
+    Classification: one predicted class, or MCC under 0.05 (chance is 0) without a macro-F1 above the baseline's;
+    regression: R2 <= 0 (the training mean's); multi-label: macro-F1 not above the baseline's."""
+    base = scores.get("baseline")
+    if not base or "n" not in scores:
+        return None
+    if task == "classification":
+        if scores.get("predicted_classes") == 1:
+            return (f"the head predicts a single class for every scored item: it is the majority-class baseline "
+                    f"(accuracy {base['accuracy']:.3f}, MCC 0) in disguise; {ADVICE}")
+        if scores["mcc"] < 0.05 and scores["macro_f1"] <= base["macro_f1"] + 0.02:
+            return (f"the head does not beat chance: MCC {scores['mcc']:.3f} (chance 0), macro-F1 "
+                    f"{scores['macro_f1']:.3f} vs {base['macro_f1']:.3f} for always answering "
+                    f"{base.get('predicts')!r}; {ADVICE}")
+        return None
+    if task == "regression":
+        if scores["r2"] <= 0:
+            return (f"the head is no better than predicting the training mean (R2 {scores['r2']:.3f}; the mean's is "
+                    f"{base['r2']:.3f}); {ADVICE}")
+        return None
+    if scores["macro_f1"] <= base["macro_f1"] + 0.01:
+        return f"the head does not beat each label's majority (macro-F1 {scores['macro_f1']:.3f} vs {base['macro_f1']:.3f}); {ADVICE}"
+    return None
+
+
+def mean_scores(task: str, per: list[dict]) -> dict:
+    """Mean of each metric over splits (std too when there are several), the baseline's mean, and the fewest
+    classes any split's predictions held."""
+    out = {k: float(np.mean([p[k] for p in per])) for k in METRICS[task]}
+    if len(per) > 1:
+        out.update({f"{k}_std": float(np.std([p[k] for p in per])) for k in METRICS[task]})
+    out["n"] = int(sum(p["n"] for p in per))
+    out["baseline"] = {k: float(np.mean([p["baseline"][k] for p in per])) for k in METRICS[task]}
+    if "predicts" in per[0]["baseline"]:
+        out["baseline"]["predicts"] = per[0]["baseline"]["predicts"]
+    if task == "classification":
+        out["predicted_classes"] = min(p["predicted_classes"] for p in per)
+    return out
 
 
 PRIMARY = {"classification": "macro_f1", "multilabel": "macro_f1", "regression": "r2"}
@@ -109,19 +180,15 @@ class Protocol:
 
 def evaluate_splits(model: str, params: dict, X: np.ndarray, y: np.ndarray, task: str,
                     splits: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """Mean (and std over folds) of each metric, plus mean fit seconds."""
+    """Mean (and std over folds) of each metric with the majority baseline's, plus mean fit seconds."""
     per, fit_s = [], []
     for tr, te in splits:
         est = make(model, params)
         t0 = time.perf_counter()
         est.fit(X[tr], y[tr])
         fit_s.append(time.perf_counter() - t0)
-        per.append(score(task, y[te], est.predict(X[te])))
-    out = {k: float(np.mean([p[k] for p in per])) for k in METRICS[task]}
-    if len(per) > 1:
-        out.update({f"{k}_std": float(np.std([p[k] for p in per])) for k in METRICS[task]})
-    out.update(n=int(sum(p["n"] for p in per)), fit_seconds=float(np.mean(fit_s)))
-    return out
+        per.append(scored(task, y[tr], y[te], est.predict(X[te])))
+    return {**mean_scores(task, per), "fit_seconds": float(np.mean(fit_s))}
 
 
 # -- search ------------------------------------------------------------------------------------------------------
@@ -149,7 +216,7 @@ def search(model: str, fixed: dict, X: np.ndarray, y: np.ndarray, task: str,
             est = make(model, params)
             t0 = time.perf_counter()
             est.fit(X, y)
-            res = {**score(task, dev[1], est.predict(dev[0])), "fit_seconds": time.perf_counter() - t0}
+            res = {**scored(task, y, dev[1], est.predict(dev[0])), "fit_seconds": time.perf_counter() - t0}
         else:
             res = evaluate_splits(model, params, X, y, task, splits)
         tried.append({"params": params, **res})

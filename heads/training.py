@@ -6,6 +6,7 @@ import hashlib
 import json
 import platform
 import time
+import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
@@ -22,11 +23,23 @@ from embedstore.validate import expect
 from heads.estimators import MODELS, make
 from heads.head import Head, load
 from heads.persist import write_head_dir
-from heads.select import Protocol, evaluate_splits, score, search
+from heads.select import METRICS, PRIMARY, Protocol, WeakHeadWarning, evaluate_splits, scored, search, weakness
 from heads.targets import targets
 
 if TYPE_CHECKING:
     from embedstore.store.database import Database
+
+
+def auto_choices(est) -> dict:
+    """What the estimator decided for itself: its scaling and any parameter it tuned, as stored with the head."""
+    out: dict = {}
+    if hasattr(est, "normalize_"):
+        out["normalize"] = est.normalize_
+    tuning = getattr(est, "tuning_", None)
+    if tuning:
+        out["tuned"] = tuning
+        out[tuning["param"]] = tuning["value"]
+    return out
 
 
 def _versions() -> dict:
@@ -38,10 +51,32 @@ def _versions() -> dict:
             "lightgbm": lightgbm.__version__, "embedstore": version("embedstore")}
 
 
-def check_model(model: str) -> str:
-    if not isinstance(model, str) or model not in MODELS:
-        raise InputError(f"unknown model {model!r}; available: {', '.join(MODELS)}")
+AUTO_MODELS = ("logreg", "svm", "knn")
+LIGHTGBM_AUTO_CELLS = 5_000_000  # rows x dims x classes up to which `auto` also tries LightGBM (~a minute a fit)
+
+
+def check_model(model: str, auto: bool = False) -> str:
+    if not isinstance(model, str) or (model not in MODELS and not (auto and model == "auto")):
+        raise InputError(f"unknown model {model!r}; available: {', '.join(MODELS)}" + (", auto" if auto else ""))
     return model
+
+
+def auto_models(n: int, dim: int, n_classes: int) -> list[str]:
+    """The cheap heads `--model auto` ranks; LightGBM joins when its fits are affordable."""
+    extra = ["lightgbm"] if n * dim * max(n_classes - 1, 1) <= LIGHTGBM_AUTO_CELLS else []
+    return [*AUTO_MODELS, *extra]
+
+
+def declared_scaling(model: str, params: dict, records: list) -> dict:
+    """The encoders' unit-length declaration as the head's `normalize` when the user set none: unit-length
+    vectors (every block of a concatenation) are left as they are; otherwise the head decides ("auto")."""
+    if "normalize" in params or "normalize" not in MODELS[model].cls().get_params():
+        return params
+    if MODELS[model].cls().get_params()["normalize"] != "auto":
+        return params
+    if records and all(r.unit_norm for r in records):
+        return {**params, "normalize": "none"}
+    return params
 
 
 @contextmanager
@@ -57,13 +92,14 @@ def estimator_errors_as_clear(model: str) -> Iterator[None]:
 
 
 def _fit(model, chosen, X, y, task, splits, budget, dev, dev_dataset, unscored, search_params, protocol, fs):
-    """The estimator and its score under the protocol (parameters searched first when asked)."""
+    """The estimator and its score under the protocol (parameters searched first when asked). A score that also
+    chose the parameters is a selection score, and says so."""
     tried: list = []
     if search_params:
         chosen, tried = search(model, chosen, X, y, task, splits, budget, dev)
     if dev is not None:
         est = make(model, chosen).fit(X, y)
-        scores = {**score(task, dev[1], est.predict(dev[0])), "protocol": f"dev dataset {dev_dataset}"}
+        scores = {**scored(task, y, dev[1], est.predict(dev[0])), "protocol": f"dev dataset {dev_dataset}"}
     elif unscored:
         est = make(model, chosen).fit(X, y)
         scores = {"protocol": "none (test_size=0: fitted once on all rows, not scored)"}
@@ -71,7 +107,20 @@ def _fit(model, chosen, X, y, task, splits, budget, dev, dev_dataset, unscored, 
         scores = {**evaluate_splits(model, chosen, X, y, task, splits),
                   "protocol": protocol.describe(fs.groups is not None)}
         est = make(model, chosen).fit(X, y)
+    if tried and "n" in scores:
+        scores["selection"] = (f"best of {len(tried)} settings tried on these same items: a selection score, "
+                               "optimistic; score the head once on a test set (heads eval) for an honest figure")
     return est, scores, tried
+
+
+def _pick_model(models: list[str], X, y, task, splits, fixed: dict, records: list) -> tuple[str, list[dict]]:
+    """`--model auto`: every candidate (with its automatic choices) under the protocol's splits, best first."""
+    table = []
+    for m in models:
+        res = evaluate_splits(m, declared_scaling(m, fixed, records), X, y, task, splits)
+        table.append({"model": m, **{k: res[k] for k in METRICS[task]}, "fit_seconds": res["fit_seconds"]})
+    table.sort(key=lambda r: -r[PRIMARY[task]])
+    return table[0]["model"], table
 
 
 @resource_errors_as_clear()
@@ -98,7 +147,11 @@ def fit(db: "Database", dataset: str, *, encoder: str = "", label: str = "label"
         raise InputError(f"budget must be a positive number of seconds, not {budget}")
     if budget is not None and not search_params:
         raise InputError("a budget bounds a parameter search: pass search_params=True (--search) with it")
-    task = MODELS[check_model(model)].task
+    check_model(model, auto=True)
+    task = "classification" if model == "auto" else MODELS[model].task
+    if model == "auto" and (search_params or dev_dataset or (not cv and test_size == 0)):
+        raise InputError("--model auto ranks heads by CV or a hold-out split of the training data: it takes no "
+                         "--search, --dev-dataset or test_size=0")
     name = check_name(name or f"{dataset}-{model}", "head")
     fs = features_for(db, dataset, encoder, label, group)
     X = fs.X
@@ -113,18 +166,35 @@ def fit(db: "Database", dataset: str, *, encoder: str = "", label: str = "label"
     if dev_dataset:
         dfs = features_of(db, dev_dataset, fs.specs, fs.fingerprints, label)
         dev = (dfs.X, targets(task, dfs.y, dev_dataset, label, label_names)[0])
-    dims = [r.dim for r in (catalog.resolve_encoder(db, f"fp:{fp}") for fp in fs.fingerprints)]
+    records = [catalog.resolve_encoder(db, f"fp:{fp}") for fp in fs.fingerprints]
+    dims = [r.dim for r in records]
     db.release()  # everything is read: readers may open the database while the estimator fits
     t0 = time.perf_counter()
+    ranked: list[dict] = []
+    if model == "auto":
+        model, ranked = _pick_model(auto_models(len(y), X.shape[1], len(np.unique(y))), X, y, task, splits,
+                                    dict(params or {}), records)
     with estimator_errors_as_clear(model):
-        est, scores, tried = _fit(model, dict(params or {}), X, y, task, splits, budget, dev, dev_dataset, unscored, search_params,
-                                  protocol, fs)
+        est, scores, tried = _fit(model, declared_scaling(model, dict(params or {}), records), X, y, task, splits,
+                                  budget, dev, dev_dataset, unscored, search_params, protocol, fs)
+    if ranked:
+        scores["selection"] = (f"best of {len(ranked)} heads ({', '.join(r['model'] for r in ranked)}) on these "
+                               "same items: a selection score, optimistic; heads eval on a test set is the honest "
+                               "figure")
+    warning = weakness(task, scores)
+    if warning:
+        scores["warning"] = warning
+        warnings.warn(warning, WeakHeadWarning, stacklevel=3)
     scores["fit_seconds"] = round(time.perf_counter() - t0, 3)
     train_digest = hashlib.sha256("\n".join(f"{h}\t{v}" for h, v in sorted(zip(fs.content_hashes, fs.y.astype(str))))
                                   .encode()).hexdigest()
     classes = label_names if task == "multilabel" else (
         [str(c) for c in est.classes_] if task == "classification" else [])
+    values, counts = np.unique(y, return_counts=True) if task == "classification" else ([], [])
     meta = {"name": name, "model": model, "task": task, "class": type(est).__name__, "params": est.get_params(),
+            "auto": auto_choices(est), "models_ranked": ranked,
+            "class_counts": {str(v): int(c) for v, c in zip(values, counts)},
+            **({"train_mean": float(np.mean(y))} if task == "regression" else {}),
             "dataset": dataset, "label": label, "group": group, "encoders": fs.specs,
             "fingerprints": fs.fingerprints, "dims": [int(d) for d in dims], "dim": int(X.shape[1]),
             "classes": classes, "n_train": int(len(y)), "train_data_sha256": train_digest, "metrics": scores,

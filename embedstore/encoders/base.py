@@ -66,6 +66,12 @@ class Encoder(ABC):
     @abstractmethod
     def dim(self) -> int: ...
 
+    @property
+    def unit_norm(self) -> bool:
+        """Whether every vector has L2 norm 1 (cosine-ready). Recorded at ingest: heads leave such features as they
+        are and standardise the others, whose scale would otherwise decide the regularisation (heads/tuning.py)."""
+        return False
+
     def versions(self) -> dict:
         import numpy
         return {"numpy": numpy.__version__}

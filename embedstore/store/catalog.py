@@ -34,6 +34,7 @@ class EncoderRecord:
     dim: int
     modality: str
     table: str
+    unit_norm: bool | None = None  # declared by the encoder at ingest; None in stores written before m003
 
     @property
     def short(self) -> str:
@@ -90,27 +91,33 @@ def register_encoder(db: "Database", encoder: Any) -> EncoderRecord:
         if row is None:
             dim = encoder.dim
             con.execute(emb_table_sql(table, dim))
-            con.execute("INSERT INTO encoders (fingerprint, spec, dim, modality, table_name, config, versions) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            con.execute("INSERT INTO encoders (fingerprint, spec, dim, modality, table_name, config, versions, "
+                        "unit_norm) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [fp, encoder.spec, dim, encoder.modality, table, json.dumps(encoder.identity()),
-                         json.dumps(encoder.versions())])
+                         json.dumps(encoder.versions()), bool(encoder.unit_norm)])
             refresh_views(con)
             fault_point("encoder.register.before_commit")
         else:
             dim = row[0]  # known: the model need not be loaded when everything is cached
+            con.execute("UPDATE encoders SET unit_norm = ? WHERE fingerprint = ? AND unit_norm IS NULL",
+                        [bool(encoder.unit_norm), fp])  # recorded before m003: declared now
         con.execute("INSERT INTO encoder_specs (spec, fingerprint) VALUES (?, ?) ON CONFLICT DO UPDATE "
                     "SET last_used = now()", [encoder.spec, fp])
-    return EncoderRecord(fp, encoder.spec, dim, encoder.modality, table)
+    return EncoderRecord(fp, encoder.spec, dim, encoder.modality, table, bool(encoder.unit_norm))
 
 
 def encoder_records(db: "Database", dataset: str | None = None) -> list[EncoderRecord]:
-    sql = "SELECT fingerprint, spec, dim, modality, table_name FROM encoders"
+    sql = "SELECT * FROM encoders"  # unit_norm is absent from a pre-m003 store opened read-only
     args: list = []
     if dataset is not None:
         sql += " WHERE fingerprint IN (SELECT fingerprint FROM dataset_encoders WHERE dataset=?)"
         args = [dataset]
     with db.connect() as con:
-        return [EncoderRecord(*r) for r in con.execute(sql + " ORDER BY created", args).fetchall()]
+        cur = con.execute(sql + " ORDER BY created", args)
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+    return [EncoderRecord(r["fingerprint"], r["spec"], r["dim"], r["modality"], r["table_name"], r.get("unit_norm"))
+            for r in rows]
 
 
 def encoder_record(db: "Database", fingerprint: str) -> EncoderRecord | None:

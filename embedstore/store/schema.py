@@ -74,13 +74,17 @@ Migration = tuple[str, "str | Callable[[duckdb.DuckDBPyConnection], None]"]
 # the column a dataset's labels were ingested from (`--label-column score`), so `--label score` finds them
 M002_LABEL_COLUMN = "ALTER TABLE datasets ADD COLUMN label_column VARCHAR"
 
+# whether the encoder's vectors have unit length (Encoder.unit_norm), so heads scale features that need it
+M003_UNIT_NORM = "ALTER TABLE encoders ADD COLUMN unit_norm BOOLEAN"
+
 MIGRATIONS: list[Migration] = [
     ("m001_initial", M001_INITIAL),
     ("m002_label_column", M002_LABEL_COLUMN),
+    ("m003_unit_norm", M003_UNIT_NORM),
 ]
 # Migrations a read-only opener can do without (what they add reads as absent), so that an older store stays
 # readable until its next write applies them.
-OPTIONAL_FOR_READERS = frozenset({"m002_label_column"})
+OPTIONAL_FOR_READERS = frozenset({"m002_label_column", "m003_unit_norm"})
 
 
 def emb_table_sql(table: str, dim: int) -> str:

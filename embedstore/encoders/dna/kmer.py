@@ -127,6 +127,10 @@ class KmerEncoder(DNAEncoder):
                 "counts": "A/C/G/T k-mers, lexicographic; k-mers touching other letters not counted"}
 
     @property
+    def unit_norm(self) -> bool:
+        return self.norm == "l2"
+
+    @property
     def dim(self) -> int:
         return canonical_columns(self.k)[1] if self.canonical else 4 ** self.k
 

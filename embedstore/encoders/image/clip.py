@@ -101,6 +101,8 @@ class OpenCLIPEncoder(ImageEncoder):
         r = self._resolved
         return {"model_cfg": r["model_cfg"], "files": r["files"], "quick_gelu": r["quick_gelu"], "normalize": True}
 
+    unit_norm = True  # encode_image(normalize=True)
+
     def versions(self) -> dict:
         import open_clip
         return {**super().versions(), "open_clip": open_clip.__version__}

@@ -33,6 +33,8 @@ class HashingEncoder(TextEncoder):
         self._vec = HashingVectorizer(n_features=self._dim, ngram_range=(1, self._ngram), alternate_sign=True,
                                       norm="l2", lowercase=True, dtype=np.float32)
 
+    unit_norm = True
+
     def identity(self) -> dict:
         return {"dim": self._dim, "ngram": self._ngram, "algorithm": "sklearn-HashingVectorizer-murmur3-l2",
                 "token_pattern": self._vec.token_pattern}

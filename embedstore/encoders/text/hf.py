@@ -24,6 +24,10 @@ class HFTextEncoder(TransformerTextEncoder):
     def normalize(self) -> bool:
         return self.opts["normalize"]
 
+    @property
+    def unit_norm(self) -> bool:
+        return self.normalize
+
     @cached_property
     def _loaded(self):
         import torch

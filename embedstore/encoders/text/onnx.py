@@ -79,6 +79,10 @@ class ONNXTextEncoder(TextEncoder):
             return out.shape[-1]
         return int(self.run(self.prepare(["dimension probe"])).vectors.shape[1])
 
+    @property
+    def unit_norm(self) -> bool:
+        return self.normalize
+
     def identity(self) -> dict:
         tok_files = hash_files(self.tokenizer_dir, lambda rel: not rel.startswith(("tokenizer", "vocab",
                                                                                   "special_tokens")))

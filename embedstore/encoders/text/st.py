@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 
+from embedstore.encoders.hub import read_json
 from embedstore.encoders.text.transformer import TransformerTextEncoder
 
 
@@ -43,6 +44,13 @@ class SentenceTransformerEncoder(TransformerTextEncoder):
         m = self._model
         get = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
         return int(get())
+
+    @cached_property
+    def unit_norm(self) -> bool:
+        """The pipeline ends in a Normalize module (from modules.json, which the loaded model was built from)."""
+        modules = read_json(self.model_dir / "modules.json")
+        return isinstance(modules, list) and any(str(m.get("type", "")).endswith(".Normalize") for m in modules
+                                                 if isinstance(m, dict))
 
     def identity(self) -> dict:
         return {"files": self._weights_hash, "max_length": self.max_length}

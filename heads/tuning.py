@@ -1,0 +1,162 @@
+"""The choices a careful user makes by hand, made from the data when the user gave none ("auto").
+
+Scaling: unit-length vectors (what most sentence and CLIP encoders emit, `Encoder.unit_norm`) are left as they
+are; other features (k-mer spectra, pooled CNN activations, tiara's hidden layer) are standardised, so that a
+default regularisation strength means the same thing on every encoder's features.
+
+Regularisation (logistic regression's and the SVM's C, kNN's k, the MLP's alpha): `tune` scores a small grid by
+internal stratified cross-validation on the training rows only, strongest regularisation first, so each fold's
+model warm-starts from the previous value's; it stops past the peak (two values in a row below the best) or when
+its time budget is spent. The budget grows with the number of rows, and above `MAX_TUNE_ROWS` rows (or
+`MAX_TUNE_CELLS` rows x dims) the grid is scored on a stratified sample of them. Every value tried is kept (`Tuning.path`), so the head records why it chose.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+AUTO = "auto"
+MAX_TUNE_ROWS = 20_000
+MAX_TUNE_CELLS = 20_000_000  # rows x dims the grid is scored on (4,096-d k-mer spectra: about 4,900 rows)
+TUNE_FOLDS = 3
+
+
+def tune_budget(n: int) -> float:
+    """Seconds the automatic choice may spend: 20 s plus 2 ms per training row (5k rows: 30 s; 60k: 140 s)."""
+    return 20.0 + 0.002 * n
+
+
+def unit_rows(X: np.ndarray) -> bool:
+    norms = np.linalg.norm(X, axis=1)
+    return bool(len(norms)) and bool(np.all(np.abs(norms - 1) < 1e-3))
+
+
+def scalings(normalize: str, X: np.ndarray, tuned: bool) -> list[str]:
+    """The preprocessing to try. A given one is kept. 'auto': none for unit-length rows; otherwise both l2 (the row
+    rescaled to unit length: the usual treatment of spectra and pooled CNN features) and standard (per feature)
+    when the regularisation is tuned too, else standard."""
+    if normalize != AUTO:
+        return [normalize]
+    if unit_rows(X):
+        return ["none"]
+    return ["l2", "standard"] if tuned else ["standard"]
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+    return float(f1_score(y_true, y_pred, average="macro"))
+
+
+@dataclass
+class Tuning:
+    """What an automatic choice tried and kept (stored with the head)."""
+
+    param: str
+    value: Any
+    score: float | None                         # mean internal-CV macro-F1 of the kept value (None: not tuned)
+    folds: int
+    rows: int                                   # training rows the grid was scored on
+    path: list[dict] = field(default_factory=list)   # {value, score, seconds} per value tried, in order
+    stopped: str = "grid done"                  # or "past the peak", "budget"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    scaling: str = ""                           # the preprocessing it was scored with (when that was chosen too)
+
+    def describe(self) -> str:
+        if self.score is None:
+            return f"{self.param}={self.value:g} ({self.stopped})"
+        how = f"{self.folds}-fold internal CV" if self.folds > 1 else "an internal 25% hold-out"
+        also = f", scaling {self.scaling}" if self.scaling else ""
+        return (f"{self.param}={self.value:g}{also} by {how} on {self.rows:,} rows (macro-F1 {self.score:.4f}; "
+                f"{len(self.path)} values tried, {self.stopped})")
+
+
+def tuning_splits(codes: np.ndarray, folds: int, seed: int, dim: int = 1) -> tuple[np.ndarray, list]:
+    """(rows scored, [(train, test)...]) for the internal CV: stratified, on at most MAX_TUNE_ROWS rows (fewer for
+    wide features). A class too small for `folds` folds means a stratified 25% hold-out instead (as does folds=1)."""
+    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit, train_test_split
+    rows = np.arange(len(codes))
+    cap = max(1_000, min(MAX_TUNE_ROWS, MAX_TUNE_CELLS // max(dim, 1)))
+    if len(rows) > cap:
+        rows, _ = train_test_split(rows, train_size=cap, stratify=codes, random_state=seed)
+        rows = np.sort(rows)
+    smallest = int(np.bincount(codes[rows]).min())
+    if smallest < 2:
+        return rows, []
+    if folds <= 1 or smallest < folds:
+        split = StratifiedShuffleSplit(1, test_size=0.25, random_state=seed)
+    else:
+        split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return rows, list(split.split(rows, codes[rows]))
+
+
+def tune(param: str, values: Sequence[Any], fit_score: Callable[[Any, int, np.ndarray, np.ndarray, dict], float],
+         codes: np.ndarray, *, folds: int = TUNE_FOLDS, seed: int = 0, budget: float | None = None,
+         patience: int = 2, dim: int = 1, extend: bool = True) -> Tuning | None:
+    """Score `values` in order with `fit_score(value, fold, train_rows, test_rows, state)` (state: a dict per fold
+    for warm starts and shared work) and keep the best mean. With `extend` (a log-spaced numeric grid), a best value
+    at either end of the grid is followed outwards, up to two more steps of the grid's ratio. None when no split is
+    possible (a class with one item): the caller falls back to its fixed default."""
+    rows, splits = tuning_splits(codes, folds, seed, dim)
+    if not splits:
+        return None
+    budget = tune_budget(len(codes)) if budget is None else budget
+    start = time.perf_counter()
+    states: list[dict] = [{} for _ in splits]
+    path: list[dict] = []
+    best, worse, stopped = None, 0, "grid done"
+    values = list(values)
+    ratio = values[1] / values[0] if extend and len(values) > 1 and values[0] > 0 else None
+    low_tries = high_tries = 0
+    i = 0
+    while i < len(values):
+        value = values[i]
+        i += 1
+        t0 = time.perf_counter()
+        scores = [fit_score(value, f, rows[tr], rows[te], states[f]) for f, (tr, te) in enumerate(splits)]
+        path.append({"value": value, "score": float(np.mean(scores)), "seconds": round(time.perf_counter() - t0, 3)})
+        if best is None or path[-1]["score"] > best["score"] + 1e-9:
+            best, worse = path[-1], 0
+        elif path[-1]["score"] < best["score"] - 1e-9:
+            worse += 1
+        if worse >= patience and value != values[-1]:
+            stopped = "past the peak"
+            break
+        if time.perf_counter() - start > budget and value != values[-1]:
+            stopped = f"budget {budget:.0f} s"
+            break
+        if i == len(values) and ratio and time.perf_counter() - start <= budget:
+            tried = [p["value"] for p in path]
+            if best["value"] == max(tried) and high_tries < 2:  # the best is the largest value tried: go further
+                values.append(float(f"{max(tried) * ratio:.3g}"))
+                high_tries += 1
+            elif best["value"] == min(tried) and low_tries < 2 and len(tried) > 1:  # the smallest: go below it
+                values.append(float(f"{min(tried) / ratio:.3g}"))
+                low_tries, worse = low_tries + 1, 0
+    return Tuning(param, best["value"], best["score"], len(splits) if len(splits) > 1 else 1, len(rows), path, stopped)
+
+
+def tune_with_scaling(param: str, values: Callable[[str, int], Sequence[Any]] | Sequence[Any], options: list[str], prepare: Callable[[str], np.ndarray],
+                      fit_score_for: Callable[[np.ndarray], Callable], codes: np.ndarray, *, seed: int = 0,
+                      budget: float | None = None, folds: int = TUNE_FOLDS) -> Tuning | None:
+    """`tune` once per scaling option (each on its own share of the budget); the best (scaling, value) wins and
+    the other paths are kept in the record (path entries carry their scaling)."""
+    budget = tune_budget(len(codes)) if budget is None else budget
+    results = []
+    for option in options:
+        Xp = prepare(option)
+        grid = values(option, Xp.shape[1]) if callable(values) else values
+        t = tune(param, grid, fit_score_for(Xp), codes, folds=folds, seed=seed, budget=budget / len(options),
+                 dim=Xp.shape[1])
+        if t is None:
+            return None
+        results.append(replace(t, scaling=option if len(options) > 1 else "",
+                               path=[{**p, "scaling": option} for p in t.path] if len(options) > 1 else t.path))
+    best = max(results, key=lambda t: t.score)
+    return replace(best, path=[p for t in results for p in t.path])
