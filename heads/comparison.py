@@ -26,7 +26,8 @@ Progress = Callable[[dict, int, int, float], None]  # (row just finished, rows d
 
 
 class Budget:
-    """Seconds a comparison may spend: work not started once they are spent is listed, not run."""
+    """Seconds a comparison may spend: once they are spent no new row starts (the first always runs); the rows
+    not run are listed."""
 
     def __init__(self, seconds: float | None):
         if seconds is not None and not seconds > 0:
@@ -107,7 +108,7 @@ def compare(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", 
         if baseline_row is None:
             baseline_row = _baseline_row(task, y, splits, test)
         for m in [m for e, m in plan if e == enc]:
-            if clock.spent():
+            if rows and clock.spent():  # the first row always runs
                 break
             params = declared_scaling(m, {}, records)
             res = evaluate_splits(m, params, X, y, task, splits)
@@ -174,7 +175,7 @@ def curve(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", la
             Xte, yte = X[held], y[held]
         n_classes = len(np.unique(y))
         for size in [s for s in sizes if s < len(pool)] + [len(pool)]:
-            if clock.spent():
+            if rows and clock.spent():
                 return rows
             reps = repeats if size < len(pool) else 1
             scores = []

@@ -68,11 +68,11 @@ def auto_models(n: int, dim: int, n_classes: int) -> list[str]:
 
 
 def declared_scaling(model: str, params: dict, records: list) -> dict:
-    """The encoders' unit-length declaration as the head's `normalize` when the user set none: unit-length
-    vectors (every block of a concatenation) are left as they are; otherwise the head decides ("auto")."""
-    if "normalize" in params or "normalize" not in MODELS[model].cls().get_params():
-        return params
-    if MODELS[model].cls().get_params()["normalize"] != "auto":
+    """The encoders' unit-length declaration, where the head would otherwise measure it: with C given (not tuned),
+    vectors declared unit length (every block of a concatenation, whose rows are then not unit length) are left as
+    they are instead of standardised. With C tuned the head tries both anyway."""
+    defaults = MODELS[model].cls().get_params()
+    if defaults.get("normalize") != "auto" or "normalize" in params or params.get("C", "auto") == "auto":
         return params
     if records and all(r.unit_norm for r in records):
         return {**params, "normalize": "none"}

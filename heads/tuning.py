@@ -1,8 +1,8 @@
 """The choices a careful user makes by hand, made from the data when the user gave none ("auto").
 
-Scaling: unit-length vectors (what most sentence and CLIP encoders emit, `Encoder.unit_norm`) are left as they
-are; other features (k-mer spectra, pooled CNN activations, tiara's hidden layer) are standardised, so that a
-default regularisation strength means the same thing on every encoder's features.
+Scaling: unit-length vectors (what most sentence and CLIP encoders emit, `Encoder.unit_norm`) are scored as they
+are, other features (k-mer spectra, pooled CNN activations, tiara's hidden layer) rescaled to unit length, and both
+standardised too; the better wins, so that no encoder's scale silently decides the regularisation.
 
 Regularisation (logistic regression's and the SVM's C, kNN's k, the MLP's alpha): `tune` scores a small grid by
 internal stratified cross-validation on the training rows only, strongest regularisation first, so each fold's
@@ -36,14 +36,16 @@ def unit_rows(X: np.ndarray) -> bool:
 
 
 def scalings(normalize: str, X: np.ndarray, tuned: bool) -> list[str]:
-    """The preprocessing to try. A given one is kept. 'auto': none for unit-length rows; otherwise both l2 (the row
-    rescaled to unit length: the usual treatment of spectra and pooled CNN features) and standard (per feature)
-    when the regularisation is tuned too, else standard."""
+    """The preprocessing to try. A given one is kept. 'auto' with the regularisation tuned too: the rows as they are
+    (unit-length rows) or rescaled to unit length (l2: the usual treatment of spectra and pooled CNN features),
+    and standardised per feature (what a StandardScaler script does); the better by internal CV wins. Without
+    tuning: none for unit-length rows, else standard."""
     if normalize != AUTO:
         return [normalize]
-    if unit_rows(X):
-        return ["none"]
-    return ["l2", "standard"] if tuned else ["standard"]
+    unit = unit_rows(X)
+    if not tuned:
+        return ["none" if unit else "standard"]
+    return ["none" if unit else "l2", "standard"]
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -1,0 +1,183 @@
+"""Heads that are right by default (issue 12): scaling from the encoder's declaration, regularisation chosen by
+internal CV, the majority baseline beside every score, loud warnings for heads that learned nothing, `--model auto`,
+and compare/curve that report progress, take a budget and agree with `fit`."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import heads
+from conftest import cli
+from embedstore.errors import WeakHeadWarning
+from heads.estimators import make
+
+BASES = np.array(list("ACGT"))
+
+
+def dna_rows(n: int, seed: int = 0) -> list[dict]:
+    """3 unbalanced classes (50/30/20%) whose base composition differs slightly: kmer:4 frequencies are small
+    (about 1/117 for 120 bp) and close together, the scale at which a fixed C=1 sees nothing."""
+    rng = np.random.default_rng(seed)
+    bias = {"a": [0.28, 0.22, 0.22, 0.28], "b": [0.22, 0.28, 0.28, 0.22], "c": [0.25, 0.25, 0.22, 0.28]}
+    labels = rng.choice(["a", "b", "c"], size=n, p=[0.5, 0.3, 0.2])
+    return [{"id": f"s{i}", "text": "".join(rng.choice(BASES, size=120, p=bias[y])), "label": str(y)}
+            for i, y in enumerate(labels)]
+
+
+@pytest.fixture
+def dna(store):
+    store.ingest(dna_rows(600), dataset="train", encoder="kmer:4", label_column="label", progress=False)
+    store.ingest(dna_rows(300, seed=1), dataset="test", encoder="kmer:4", label_column="label", progress=False)
+    return store
+
+
+def test_encoders_declare_unit_length_and_the_store_records_it(dna):
+    from embedstore.encoders import get_encoder
+    from embedstore.store import catalog
+    assert get_encoder("hashing:32").unit_norm and get_encoder("kmer:2?norm=l2").unit_norm
+    assert not get_encoder("kmer:4").unit_norm and not get_encoder("tiara").unit_norm
+    dna.ingest(dna_rows(20), dataset="h", encoder="hashing:32", progress=False)
+    recs = {r.spec: r.unit_norm for r in catalog.encoder_records(dna)}
+    assert recs == {"kmer:4": False, "hashing:32": True}
+
+
+def test_defaults_do_not_collapse_on_small_unnormalised_features(dna):
+    X, y = dna.features("train", encoder="kmer:4")
+    Xte, yte = dna.features("test", encoder="kmer:4")
+    old = make("logreg", {"C": 1.0, "normalize": "none"}).fit(X, y)  # the defaults before: one class
+    assert len(set(old.predict(Xte))) == 1
+    for model in ("logreg", "svm", "mlp"):
+        est = make(model).fit(X, y)
+        pred = est.predict(Xte)
+        assert len(set(pred)) == 3, model
+        assert np.mean(pred == yte) > 0.6, model  # the majority class is 0.51
+    head, scores = heads.fit(dna, "train")
+    assert head.meta["auto"]["normalize"] in ("l2", "standard")  # kmer:4 declared not unit length
+    assert scores["mcc"] > 0.2 and "warning" not in scores
+    assert heads.evaluate(dna, head.name, "test")["mcc"] > 0.2
+
+
+def test_a_head_forced_to_one_class_warns_loudly(dna, tmp_path):
+    with pytest.warns(WeakHeadWarning, match="single class"):
+        _, scores = heads.fit(dna, "train", name="weak", params={"C": 1e-6, "normalize": "none"})
+    assert scores["predicted_classes"] == 1 and "--search" in scores["warning"]
+    assert scores["baseline"]["accuracy"] == pytest.approx(scores["accuracy"])
+    with pytest.warns(WeakHeadWarning):
+        m = heads.evaluate(dna, "weak", "test")
+    assert m["baseline"]["from"] == "the training majority class" and m["baseline"]["predicts"] == "a"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WeakHeadWarning)
+        heads.fit(dna, "train", name="fine")  # a good head: no warning
+    out = cli("heads", "eval", "--head", "weak", "--dataset", "test", store=dna.path)
+    assert "majority_baseline" in out.stdout and "WARNING: the head predicts a single class" in out.stderr
+    assert "UserWarning" not in out.stderr  # one WARNING line, not Python's warning too
+
+
+def test_chosen_parameters_are_stored_shown_and_reloaded(dna):
+    head, _ = heads.fit(dna, "train", name="lr")
+    tuned = head.meta["auto"]["tuned"]
+    assert tuned["param"] == "C" and len(tuned["path"]) >= 3 and tuned["value"] == head.meta["auto"]["C"]
+    assert {p["scaling"] for p in tuned["path"]} == {"l2", "standard"}  # both scalings tried for kmer:4
+    again = heads.load(dna, "lr")
+    assert again.model.C_ == tuned["value"] and again.model.normalize_ == head.meta["auto"]["normalize"]
+    X, _ = dna.features("test", encoder="kmer:4")
+    assert (again.predict(X) == head.predict(X)).all()
+    out = cli("heads", "fit", "--dataset", "train", "--name", "lr2", store=dna.path)
+    assert "chosen from the data: scaling" in out.stdout and "C=" in out.stdout and "majority_baseline" in out.stdout
+
+
+def test_param_overrides_the_automatic_choice(dna):
+    head, _ = heads.fit(dna, "train", name="fixed", params={"C": 0.5, "normalize": "l2"})
+    assert head.model.C_ == 0.5 and head.model.normalize_ == "l2" and "tuned" not in head.meta["auto"]
+    knn, _ = heads.fit(dna, "train", model="knn", name="k7", params={"n_neighbors": 7})
+    assert knn.model.n_neighbors_ == 7
+    auto_knn, _ = heads.fit(dna, "train", model="knn", name="kauto")
+    assert auto_knn.model.n_neighbors_ in (1, 3, 5, 9, 15, 25, 45, 75)
+    out = cli("heads", "fit", "--dataset", "train", "--param", "C=2", "--json", store=dna.path)
+    assert json.loads(out.stdout)["auto"] == {"normalize": "standard"}
+
+
+def test_unit_length_declaration_leaves_features_unscaled(store):
+    from test_heads_toolkit import reviews
+    store.ingest(reviews(200, 0), dataset="r", encoder="hashing:32", label_column="label", progress=False)
+    store.ingest(reviews(200, 0), dataset="r", encoder="hashing:64?ngram=1", label_column="label", progress=False)
+    enc = "hashing:32+hashing:64?ngram=1"  # rows of norm sqrt(2), each block declared unit length
+    head, _ = heads.fit(store, "r", encoder=enc, params={"C": 1.0})
+    assert head.meta["params"]["normalize"] == "none" and head.meta["auto"]["normalize"] == "none"
+    X, y = store.features("r", encoder=enc)
+    assert make("logreg", {"C": 1.0}).fit(X, y).normalize_ == "standard"  # measured alone: not unit rows
+    tuned, _ = heads.fit(store, "r", encoder=enc, name="tuned")  # C tuned: both scalings scored
+    assert {p["scaling"] for p in tuned.meta["auto"]["tuned"]["path"]} == {"l2", "standard"}
+
+
+def test_model_auto_ranks_the_cheap_heads_and_keeps_the_best(dna):
+    head, scores = heads.fit(dna, "train", model="auto", name="best")
+    ranked = head.meta["models_ranked"]
+    assert [r["model"] for r in ranked][:1] == [head.meta["model"]] and {"logreg", "svm", "knn"} <= {
+        r["model"] for r in ranked}
+    assert ranked == sorted(ranked, key=lambda r: -r["macro_f1"])
+    assert "selection score" in scores["selection"]
+    out = cli("heads", "fit", "--dataset", "train", "--model", "auto", store=dna.path)
+    assert "model auto: ranked" in out.stdout and "selection score" in out.stdout
+
+
+def test_compare_reports_the_baseline_progress_and_agrees_with_fit(dna):
+    seen = []
+    rows = heads.compare(dna, "train", model="logreg,knn", cv=3, progress=lambda r, i, n, t: seen.append((i, n)))
+    assert seen == [(1, 2), (2, 2)]
+    assert rows.baseline["model"] == "majority-baseline" and rows.baseline["cv_mcc"] == 0
+    best = rows[0]
+    _, scores = heads.fit(dna, "train", model=best["model"], cv=3, name="refit")
+    assert scores["macro_f1"] == pytest.approx(best["cv_macro_f1"], abs=1e-12)
+    out = cli("heads", "compare", "--dataset", "train", "--encoder", "kmer:4", "--model", "logreg,knn", "--cv", "3",
+              store=dna.path)
+    assert "[1/2]" in out.stderr and "ETA" in out.stderr and "majority-baseline" in out.stdout
+
+
+def test_compare_and_curve_budgets_stop_starting_rows(dna):
+    rows = heads.compare(dna, "train", model="logreg,svm,knn", cv=3, budget=1e-9)
+    assert len(rows) == 1 and "not run: -/svm, -/knn" in rows.notes[0]
+    curve = heads.curve(dna, "train", sizes=(30, 60, 120), budget=1e-9, repeats=1)
+    assert len(curve) == 1 and "baseline_accuracy" in curve[0]
+    with pytest.raises(Exception, match="budget"):
+        heads.compare(dna, "train", model="logreg", budget=0)
+
+
+def test_compare_leaves_lightgbm_out_on_wide_large_feature_sets():
+    from heads.comparison import default_models
+    assert "lightgbm" in default_models(1000, 64, 2)[0]
+    models, note = default_models(60_000, 384, 2)
+    assert "lightgbm" not in models and "--model" in note
+
+
+def test_search_score_is_labelled_a_selection_score(dna):
+    _, scores = heads.fit(dna, "train", name="s", search_params=True, budget=30)
+    assert "selection score" in scores["selection"]
+    _, plain = heads.fit(dna, "train", name="p")
+    assert "selection" not in plain
+
+
+def test_a_store_from_before_the_declaration_reads_and_upgrades(tmp_path):
+    import duckdb
+
+    import embedstore
+    from embedstore.store import catalog
+    path = tmp_path / "old"
+    with embedstore.open(path) as s:
+        s.ingest(dna_rows(120), dataset="train", encoder="kmer:4", label_column="label", progress=False)
+    db_file = path / "embedstore.duckdb"
+    con = duckdb.connect(str(db_file))  # as an older embedstore left it: no m003
+    con.execute("ALTER TABLE encoders DROP COLUMN unit_norm")
+    con.execute("DELETE FROM _migrations WHERE name = 'm003_unit_norm'")
+    con.close()
+    with embedstore.open(path, read_only=True) as s:
+        assert [r.unit_norm for r in catalog.encoder_records(s)] == [None]
+        rows = heads.compare(s, "train", model="logreg", cv=2)  # undeclared: the head measures the rows
+        assert rows[0]["cv_mcc"] > 0
+    with embedstore.open(path) as s:  # a writer applies m003; the next ingest with the encoder declares it
+        s.ingest(dna_rows(10, seed=5), dataset="more", encoder="kmer:4", label_column="label", progress=False)
+        assert [r.unit_norm for r in catalog.encoder_records(s)] == [False]
