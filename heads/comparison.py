@@ -160,7 +160,7 @@ def curve(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", la
     from sklearn.model_selection import train_test_split
     clock = Budget(budget)
     encoders = split_names(encoder, "encoders") if encoder else [""]
-    planned = len(encoders) * (len(set(sizes)) + 1)
+    planned = len(encoders) * (len(set(sizes)) + 1)  # an upper bound: sizes above the pool are skipped
     rows: list[dict] = []
     for enc in encoders:
         fs = features_for(db, dataset, enc, label)

@@ -458,8 +458,9 @@ class RidgeHead(_Regressor):
         if self.alpha == AUTO:  # efficient leave-one-out over a log grid
             r = RidgeCV(alphas=np.logspace(-3, 4, 15)).fit(Xp, y)
             self.alpha_ = float(r.alpha_)
-            self.tuning_ = {"param": "alpha", "value": self.alpha_, "how": "leave-one-out (RidgeCV)",
-                            "grid": [float(a) for a in np.logspace(-3, 4, 15)]}
+            self.tuning_ = Tuning("alpha", self.alpha_, None, 0, len(y),
+                                  [{"value": float(a)} for a in np.logspace(-3, 4, 15)],
+                                  "chosen by leave-one-out CV (RidgeCV)").as_dict()
         else:
             self.alpha_ = self.alpha
             r = Ridge(alpha=self.alpha).fit(Xp, y)

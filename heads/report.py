@@ -90,7 +90,8 @@ def _baseline(head, y: np.ndarray) -> dict:
         return {**majority_baseline(head.task, train, y), "from": "the training majority class"}
     if head.task == "regression" and "train_mean" in head.meta:
         return majority_baseline(head.task, np.asarray([head.meta["train_mean"]]), y)
-    return {**majority_baseline(head.task, y, y), "from": "the evaluated labels (the head predates class counts)"}
+    why = "the head predates class counts" if head.task == "classification" else "no training majority stored"
+    return {**majority_baseline(head.task, y, y), "from": f"the evaluated labels ({why})"}
 
 
 def list_heads(db: "Database") -> list[dict]:

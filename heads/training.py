@@ -61,6 +61,21 @@ def check_model(model: str, auto: bool = False) -> str:
     return model
 
 
+def check_auto_labels(labels: np.ndarray, label: str) -> None:
+    """`--model auto` ranks classification heads: refuse labels that look numeric (regression) or like lists."""
+    values = np.unique(labels.astype(str))
+    if any(v.startswith("[") for v in values[:100]):
+        raise InputError(f"--model auto picks a classification head, but {label!r} holds label lists: use --model "
+                         "multilabel")
+    try:
+        numeric = np.asarray(values, dtype=float)
+    except ValueError:
+        return
+    if len(values) > 20 and not np.allclose(numeric, np.round(numeric)):
+        raise InputError(f"--model auto picks a classification head, but {label!r} holds {len(values):,} distinct "
+                         "numbers (a regression target): use --model ridge, knn-reg or lightgbm-reg")
+
+
 def auto_models(n: int, dim: int, n_classes: int) -> list[str]:
     """The cheap heads `--model auto` ranks; LightGBM joins when its fits are affordable."""
     extra = ["lightgbm"] if n * dim * max(n_classes - 1, 1) <= LIGHTGBM_AUTO_CELLS else []
@@ -155,6 +170,8 @@ def fit(db: "Database", dataset: str, *, encoder: str = "", label: str = "label"
     name = check_name(name or f"{dataset}-{model}", "head")
     fs = features_for(db, dataset, encoder, label, group)
     X = fs.X
+    if model == "auto":
+        check_auto_labels(fs.y, label)
     y, label_names = targets(task, fs.y, dataset, label)
     unscored = not cv and not dev_dataset and test_size == 0  # fit once, on every row, and report no score
     if unscored and search_params:

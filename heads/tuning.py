@@ -25,9 +25,10 @@ MAX_TUNE_CELLS = 20_000_000  # rows x dims the grid is scored on (4,096-d k-mer 
 TUNE_FOLDS = 3
 
 
-def tune_budget(n: int) -> float:
-    """Seconds the automatic choice may spend: 20 s plus 2 ms per training row (5k rows: 30 s; 60k: 140 s)."""
-    return 20.0 + 0.002 * n
+def tune_budget(n: int, dim: int = 1) -> float:
+    """Seconds the automatic choice may spend: 20 s, plus 2 ms per training row, plus 5 s per million cells scored
+    (rows x dims, up to MAX_TUNE_CELLS): 5k x 384: 40 s; 4.5k x 4,096: 2 min; 60k x 384: 3 min."""
+    return 20.0 + 0.002 * n + 5e-6 * min(n * dim, MAX_TUNE_CELLS)
 
 
 def unit_rows(X: np.ndarray) -> bool:
@@ -88,14 +89,32 @@ def tuning_splits(codes: np.ndarray, folds: int, seed: int, dim: int = 1) -> tup
     if len(rows) > cap:
         rows, _ = train_test_split(rows, train_size=cap, stratify=codes, random_state=seed)
         rows = np.sort(rows)
-    smallest = int(np.bincount(codes[rows]).min())
+    counts = np.bincount(codes[rows])
+    smallest, n_classes = int(counts[counts > 0].min()), int((counts > 0).sum())
     if smallest < 2:
         return rows, []
-    if folds <= 1 or smallest < folds:
-        split = StratifiedShuffleSplit(1, test_size=0.25, random_state=seed)
+    if folds > 1:
+        split = StratifiedKFold(min(folds, smallest), shuffle=True, random_state=seed)
+    elif len(rows) // 4 >= n_classes and len(rows) - len(rows) // 4 >= n_classes:
+        split = StratifiedShuffleSplit(1, test_size=len(rows) // 4, random_state=seed)
     else:
-        split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        split = StratifiedKFold(2, shuffle=True, random_state=seed)  # too few rows for a 25% hold-out
+        return rows, list(split.split(rows, codes[rows]))[:1]
     return rows, list(split.split(rows, codes[rows]))
+
+
+def _outward(path: list[dict], best: dict, ratio: float | None, tries: dict, most: int = 2) -> Any:
+    """The next value beyond the grid's end (at most `most` per side) when the best is the smallest or the largest
+    value tried and beats its neighbour (a flat end is not followed); else None."""
+    if not ratio or len(path) < 2:
+        return None
+    ordered = sorted(path, key=lambda p: p["value"])
+    for side, end, neighbour, step in (("low", ordered[0], ordered[1], 1 / ratio),
+                                       ("high", ordered[-1], ordered[-2], ratio)):
+        if end is best and neighbour["score"] < best["score"] - 1e-9 and tries[side] < most:
+            tries[side] += 1
+            return float(f"{end['value'] * step:.3g}")
+    return None
 
 
 def tune(param: str, values: Sequence[Any], fit_score: Callable[[Any, int, np.ndarray, np.ndarray, dict], float],
@@ -108,14 +127,14 @@ def tune(param: str, values: Sequence[Any], fit_score: Callable[[Any, int, np.nd
     rows, splits = tuning_splits(codes, folds, seed, dim)
     if not splits:
         return None
-    budget = tune_budget(len(codes)) if budget is None else budget
+    budget = tune_budget(len(codes), dim) if budget is None else budget
     start = time.perf_counter()
     states: list[dict] = [{} for _ in splits]
     path: list[dict] = []
     best, worse, stopped = None, 0, "grid done"
     values = list(values)
     ratio = values[1] / values[0] if extend and len(values) > 1 and values[0] > 0 else None
-    low_tries = high_tries = 0
+    tries = {"low": 0, "high": 0}
     i = 0
     while i < len(values):
         value = values[i]
@@ -127,20 +146,18 @@ def tune(param: str, values: Sequence[Any], fit_score: Callable[[Any, int, np.nd
             best, worse = path[-1], 0
         elif path[-1]["score"] < best["score"] - 1e-9:
             worse += 1
-        if worse >= patience and value != values[-1]:
+        if worse >= patience or i == len(values):
+            further = _outward(path, best, ratio, tries) if time.perf_counter() - start <= budget else None
+            if further is not None:  # the best is at an end of what was tried, above its neighbour: look beyond
+                values[i:] = [further]
+                worse = 0
+                continue
+        if worse >= patience and i < len(values):
             stopped = "past the peak"
             break
-        if time.perf_counter() - start > budget and value != values[-1]:
+        if time.perf_counter() - start > budget and i < len(values):
             stopped = f"budget {budget:.0f} s"
             break
-        if i == len(values) and ratio and time.perf_counter() - start <= budget:
-            tried = [p["value"] for p in path]
-            if best["value"] == max(tried) and high_tries < 2:  # the best is the largest value tried: go further
-                values.append(float(f"{max(tried) * ratio:.3g}"))
-                high_tries += 1
-            elif best["value"] == min(tried) and low_tries < 2 and len(tried) > 1:  # the smallest: go below it
-                values.append(float(f"{min(tried) / ratio:.3g}"))
-                low_tries, worse = low_tries + 1, 0
     return Tuning(param, best["value"], best["score"], len(splits) if len(splits) > 1 else 1, len(rows), path, stopped)
 
 
@@ -149,7 +166,7 @@ def tune_with_scaling(param: str, values: Callable[[str, int], Sequence[Any]] | 
                       budget: float | None = None, folds: int = TUNE_FOLDS) -> Tuning | None:
     """`tune` once per scaling option (each on its own share of the budget); the best (scaling, value) wins and
     the other paths are kept in the record (path entries carry their scaling)."""
-    budget = tune_budget(len(codes)) if budget is None else budget
+    budget = tune_budget(len(codes), prepare(options[0]).shape[1]) if budget is None else budget
     results = []
     for option in options:
         Xp = prepare(option)

@@ -12,7 +12,7 @@ import pytest
 
 import heads
 from conftest import cli
-from embedstore.errors import WeakHeadWarning
+from embedstore.errors import InputError, WeakHeadWarning
 from heads.estimators import make
 
 BASES = np.array(list("ACGT"))
@@ -83,9 +83,14 @@ def test_chosen_parameters_are_stored_shown_and_reloaded(dna):
     assert tuned["param"] == "C" and len(tuned["path"]) >= 3 and tuned["value"] == head.meta["auto"]["C"]
     assert {p["scaling"] for p in tuned["path"]} == {"l2", "standard"}  # both scalings tried for kmer:4
     again = heads.load(dna, "lr")
-    assert again.model.C_ == tuned["value"] and again.model.normalize_ == head.meta["auto"]["normalize"]
-    X, _ = dna.features("test", encoder="kmer:4")
-    assert (again.predict(X) == head.predict(X)).all()
+    X, y = dna.features("train", encoder="kmer:4")
+    fresh = make("logreg").fit(X, y)  # the same choice made again in memory, never saved
+    def timeless(t: dict) -> dict:
+        return {**t, "path": [{k: v for k, v in p.items() if k != "seconds"} for p in t["path"]]}
+    assert timeless(again.model.tuning_) == timeless(json.loads(json.dumps(fresh.tuning_)))
+    assert again.model.C_ == fresh.C_ == tuned["value"] and again.model.normalize_ == fresh.normalize_
+    Xte, _ = dna.features("test", encoder="kmer:4")
+    assert (again.predict(Xte) == fresh.predict(Xte)).all()
     out = cli("heads", "fit", "--dataset", "train", "--name", "lr2", store=dna.path)
     assert "chosen from the data: scaling" in out.stdout and "C=" in out.stdout and "majority_baseline" in out.stdout
 
@@ -117,10 +122,11 @@ def test_unit_length_declaration_leaves_features_unscaled(store):
 def test_model_auto_ranks_the_cheap_heads_and_keeps_the_best(dna):
     head, scores = heads.fit(dna, "train", model="auto", name="best")
     ranked = head.meta["models_ranked"]
-    assert [r["model"] for r in ranked][:1] == [head.meta["model"]] and {"logreg", "svm", "knn"} <= {
-        r["model"] for r in ranked}
-    assert ranked == sorted(ranked, key=lambda r: -r["macro_f1"])
-    assert "selection score" in scores["selection"]
+    assert {"logreg", "svm", "knn"} <= {r["model"] for r in ranked}
+    _, held_out = heads.fit(dna, "train", model=head.meta["model"], name="again")  # same protocol, same splits
+    assert scores["macro_f1"] == pytest.approx(held_out["macro_f1"]) == pytest.approx(
+        max(r["macro_f1"] for r in ranked))
+    assert "selection score" in scores["selection"] and "selection" not in held_out
     out = cli("heads", "fit", "--dataset", "train", "--model", "auto", store=dna.path)
     assert "model auto: ranked" in out.stdout and "selection score" in out.stdout
 
@@ -143,7 +149,7 @@ def test_compare_and_curve_budgets_stop_starting_rows(dna):
     assert len(rows) == 1 and "not run: -/svm, -/knn" in rows.notes[0]
     curve = heads.curve(dna, "train", sizes=(30, 60, 120), budget=1e-9, repeats=1)
     assert len(curve) == 1 and "baseline_accuracy" in curve[0]
-    with pytest.raises(Exception, match="budget"):
+    with pytest.raises(InputError, match="budget"):
         heads.compare(dna, "train", model="logreg", budget=0)
 
 
@@ -181,3 +187,40 @@ def test_a_store_from_before_the_declaration_reads_and_upgrades(tmp_path):
     with embedstore.open(path) as s:  # a writer applies m003; the next ingest with the encoder declares it
         s.ingest(dna_rows(10, seed=5), dataset="more", encoder="kmer:4", label_column="label", progress=False)
         assert [r.unit_norm for r in catalog.encoder_records(s)] == [False]
+
+
+def test_tuning_follows_the_best_value_past_the_ends_of_the_grid():
+    from heads.tuning import tune
+    codes = np.array([0, 1] * 50)
+    grid = (0.01, 0.1, 1.0, 10.0)
+
+    def run(curve):
+        return tune("C", grid, lambda v, fold, tr, te, state: curve(np.log10(v)), codes)
+    falling = run(lambda x: -x)
+    assert falling.value == 0.0001 and [p["value"] for p in falling.path] == [0.01, 0.1, 1.0, 0.001, 0.0001]
+    assert run(lambda x: x).value == 1000.0
+    peak = run(lambda x: -abs(x + 1))
+    assert peak.value == 0.1 and len(peak.path) == 4
+    flat = run(lambda x: 0.5)
+    assert flat.value == 0.01 and len(flat.path) == 4  # a flat end is not followed
+
+
+@pytest.mark.parametrize("model", ["logreg", "svm", "knn", "mlp"])
+def test_automatic_choices_survive_tiny_classes(model):
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    y = np.repeat(list("abcdefghij"), 2)  # ten classes of two items
+    est = make(model).fit(X, y)
+    assert est.predict(X).shape == (20,)
+    est = make(model).fit(X[:4], ["a", "a", "b", "b"])
+    assert len(est.predict(X[:4])) == 4
+
+
+def test_model_auto_refuses_regression_labels_and_ridge_shows_its_choice(store, tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [{"id": str(i), "text": f"item {i} " + " ".join(rng.choice(list("abcdef"), 5)),
+             "score": f"{rng.normal():.4f}"} for i in range(60)]
+    store.ingest(rows, dataset="reg", encoder="hashing:32", label_column="score", progress=False)
+    with pytest.raises(InputError, match="regression target"):
+        heads.fit(store, "reg", label="score", model="auto")
+    out = cli("heads", "fit", "--dataset", "reg", "--label", "score", "--model", "ridge", store=store.path)
+    assert "alpha=" in out.stdout and "leave-one-out" in out.stdout

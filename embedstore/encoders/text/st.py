@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cached_property
 
-from embedstore.encoders.hub import read_json
 from embedstore.encoders.text.transformer import TransformerTextEncoder
 
 
@@ -48,7 +48,10 @@ class SentenceTransformerEncoder(TransformerTextEncoder):
     @cached_property
     def unit_norm(self) -> bool:
         """The pipeline ends in a Normalize module (from modules.json, which the loaded model was built from)."""
-        modules = read_json(self.model_dir / "modules.json")
+        try:  # a list, which read_json (objects only) would not return
+            modules = json.loads((self.model_dir / "modules.json").read_text())
+        except (OSError, ValueError):
+            return False
         return isinstance(modules, list) and any(str(m.get("type", "")).endswith(".Normalize") for m in modules
                                                  if isinstance(m, dict))
 
