@@ -169,7 +169,8 @@ def run_task(task: str, store, tmp: Path, limit: int | None) -> dict:
     for split, part in zip(("train", "test"), data):
         with timed() as t:
             r = store.ingest(part, dataset=f"{task}-{split}", encoder=ENCODER[task], progress=False,
-                             **({} if task in IMAGES else {"label_column": "label"}))
+                             **({"replace": True} if task in IMAGES else {"label_column": "label"}))
+        # (images: the slice is rewritten into a new temporary folder on every run; same files, cached vectors)
         ingest[split] = {"rows": r.rows, "embedded": r.embedded, "skipped": r.skipped, "seconds": t.seconds}
     print(f"{task}: ingested {ingest['train']['rows']:,} + {ingest['test']['rows']:,} with {ENCODER[task]}", flush=True)
     out = {"encoder": ENCODER[task], "ingest": ingest, "script": script(task, store, data)}

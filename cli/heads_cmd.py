@@ -95,8 +95,9 @@ def build_parser():
                        "combination is scored with the same folds on the same items; with --test-dataset each is "
                        "also scored once on it. Reads cached vectors only.")
     data_args(c)
-    c.add_argument("--encoder", "--encoders", dest="encoder", required=True,
-                   help="one spec or several comma-separated, as ingested, e.g. minilm,b,minilm+b")
+    c.add_argument("--encoder", "--encoders", dest="encoder", default="",
+                   help="one spec or several comma-separated, as ingested, e.g. minilm,b,minilm+b (default: the "
+                   "dataset's only encoder)")
     c.add_argument("--model", "--models", dest="model", default=None,
                    help="one model or several comma-separated (default: logreg,svm,knn,mlp,lightgbm, without lightgbm "
                    f"on large wide feature sets); available: {', '.join(MODELS)}")

@@ -128,11 +128,18 @@ def _fit(model, chosen, X, y, task, splits, budget, dev, dev_dataset, unscored, 
     return est, scores, tried
 
 
+def params_for(model: str, params: dict) -> dict:
+    """The given parameters this model takes (`--model auto --param C=1`: logreg and svm get C, knn does not)."""
+    takes = MODELS[model].cls().get_params()
+    return {k: v for k, v in params.items() if k in takes}
+
+
 def _pick_model(models: list[str], X, y, task, splits, fixed: dict, records: list) -> tuple[str, list[dict]]:
     """`--model auto`: every candidate (with its automatic choices) under the protocol's splits, best first."""
     table = []
     for m in models:
-        res = evaluate_splits(m, declared_scaling(m, fixed, records), X, y, task, splits)
+        with estimator_errors_as_clear(m):
+            res = evaluate_splits(m, declared_scaling(m, params_for(m, fixed), records), X, y, task, splits)
         table.append({"model": m, **{k: res[k] for k in METRICS[task]}, "fit_seconds": res["fit_seconds"]})
     table.sort(key=lambda r: -r[PRIMARY[task]])
     return table[0]["model"], table
@@ -191,6 +198,7 @@ def fit(db: "Database", dataset: str, *, encoder: str = "", label: str = "label"
     if model == "auto":
         model, ranked = _pick_model(auto_models(len(y), X.shape[1], len(np.unique(y))), X, y, task, splits,
                                     dict(params or {}), records)
+        params = params_for(model, dict(params or {}))
     with estimator_errors_as_clear(model):
         est, scores, tried = _fit(model, declared_scaling(model, dict(params or {}), records), X, y, task, splits,
                                   budget, dev, dev_dataset, unscored, search_params, protocol, fs)

@@ -119,10 +119,11 @@ def _outward(path: list[dict], best: dict, ratio: float | None, tries: dict, mos
 
 def tune(param: str, values: Sequence[Any], fit_score: Callable[[Any, int, np.ndarray, np.ndarray, dict], float],
          codes: np.ndarray, *, folds: int = TUNE_FOLDS, seed: int = 0, budget: float | None = None,
-         patience: int = 2, dim: int = 1, extend: bool = True) -> Tuning | None:
+         patience: int = 2, dim: int = 1, extend: bool = True, refine: bool = True) -> Tuning | None:
     """Score `values` in order with `fit_score(value, fold, train_rows, test_rows, state)` (state: a dict per fold
     for warm starts and shared work) and keep the best mean. With `extend` (a log-spaced numeric grid), a best value
-    at either end of the grid is followed outwards, up to two more steps of the grid's ratio. None when no split is
+    at either end of the grid is followed outwards, up to two more steps of the grid's ratio, and `refine` then
+    scores the two half-steps around the best (grid ratio 10: a half-decade resolution). None when no split is
     possible (a class with one item): the caller falls back to its fixed default."""
     rows, splits = tuning_splits(codes, folds, seed, dim)
     if not splits:
@@ -131,23 +132,30 @@ def tune(param: str, values: Sequence[Any], fit_score: Callable[[Any, int, np.nd
     start = time.perf_counter()
     states: list[dict] = [{} for _ in splits]
     path: list[dict] = []
+
+    def scored(value: Any) -> dict:
+        t0 = time.perf_counter()
+        scores = [fit_score(value, f, rows[tr], rows[te], states[f]) for f, (tr, te) in enumerate(splits)]
+        path.append({"value": value, "score": float(np.mean(scores)), "seconds": round(time.perf_counter() - t0, 3)})
+        return path[-1]
+
+    def in_budget() -> bool:
+        return time.perf_counter() - start <= budget
+
     best, worse, stopped = None, 0, "grid done"
     values = list(values)
     ratio = values[1] / values[0] if extend and len(values) > 1 and values[0] > 0 else None
     tries = {"low": 0, "high": 0}
     i = 0
     while i < len(values):
-        value = values[i]
+        now = scored(values[i])
         i += 1
-        t0 = time.perf_counter()
-        scores = [fit_score(value, f, rows[tr], rows[te], states[f]) for f, (tr, te) in enumerate(splits)]
-        path.append({"value": value, "score": float(np.mean(scores)), "seconds": round(time.perf_counter() - t0, 3)})
-        if best is None or path[-1]["score"] > best["score"] + 1e-9:
-            best, worse = path[-1], 0
-        elif path[-1]["score"] < best["score"] - 1e-9:
+        if best is None or now["score"] > best["score"] + 1e-9:
+            best, worse = now, 0
+        elif now["score"] < best["score"] - 1e-9:
             worse += 1
         if worse >= patience or i == len(values):
-            further = _outward(path, best, ratio, tries) if time.perf_counter() - start <= budget else None
+            further = _outward(path, best, ratio, tries) if in_budget() else None
             if further is not None:  # the best is at an end of what was tried, above its neighbour: look beyond
                 values[i:] = [further]
                 worse = 0
@@ -155,9 +163,16 @@ def tune(param: str, values: Sequence[Any], fit_score: Callable[[Any, int, np.nd
         if worse >= patience and i < len(values):
             stopped = "past the peak"
             break
-        if time.perf_counter() - start > budget and i < len(values):
+        if not in_budget() and i < len(values):
             stopped = f"budget {budget:.0f} s"
             break
+    if refine and ratio and in_budget():  # the two half-steps around the best, where the grid is coarse
+        half = ratio ** 0.5
+        for v in (float(f"{best['value'] / half:.3g}"), float(f"{best['value'] * half:.3g}")):
+            if all(abs(v - p["value"]) > 1e-9 * v for p in path) and in_budget():
+                now = scored(v)
+                if now["score"] > best["score"] + 1e-9:
+                    best = now
     return Tuning(param, best["value"], best["score"], len(splits) if len(splits) > 1 else 1, len(rows), path, stopped)
 
 

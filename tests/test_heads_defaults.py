@@ -195,7 +195,7 @@ def test_tuning_follows_the_best_value_past_the_ends_of_the_grid():
     grid = (0.01, 0.1, 1.0, 10.0)
 
     def run(curve):
-        return tune("C", grid, lambda v, fold, tr, te, state: curve(np.log10(v)), codes)
+        return tune("C", grid, lambda v, fold, tr, te, state: curve(np.log10(v)), codes, refine=False)
     falling = run(lambda x: -x)
     assert falling.value == 0.0001 and [p["value"] for p in falling.path] == [0.01, 0.1, 1.0, 0.001, 0.0001]
     assert run(lambda x: x).value == 1000.0
@@ -224,3 +224,28 @@ def test_model_auto_refuses_regression_labels_and_ridge_shows_its_choice(store, 
         heads.fit(store, "reg", label="score", model="auto")
     out = cli("heads", "fit", "--dataset", "reg", "--label", "score", "--model", "ridge", store=store.path)
     assert "alpha=" in out.stdout and "leave-one-out" in out.stdout
+
+
+def test_compare_on_ctrl_c_prints_the_rows_finished(dna):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    cmd = [sys.executable, "-m", "embedstore.cli.heads_cmd", "compare", "--dataset", "train", "--model",
+           "knn,logreg,svm,mlp,lightgbm", "--cv", "5", "--store", str(dna.path)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()  # the first finished row, printed as it finishes
+    assert first.startswith("[1/5] knn  cv_accuracy"), first
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "knn" in out and "Traceback" not in err
+
+
+def test_tuning_refines_around_the_best_with_half_steps():
+    from heads.tuning import tune
+    t = tune("C", (0.01, 0.1, 1.0, 10.0), lambda v, fold, tr, te, state: -abs(np.log10(v) - 0.4),
+             np.array([0, 1] * 50))
+    assert [p["value"] for p in t.path][-2:] == [0.316, 3.16] and t.value == 3.16
