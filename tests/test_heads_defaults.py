@@ -249,3 +249,10 @@ def test_tuning_refines_around_the_best_with_half_steps():
     t = tune("C", (0.01, 0.1, 1.0, 10.0), lambda v, fold, tr, te, state: -abs(np.log10(v) - 0.4),
              np.array([0, 1] * 50))
     assert [p["value"] for p in t.path][-2:] == [0.316, 3.16] and t.value == 3.16
+
+
+def test_model_auto_table_is_the_compare_table(dna):
+    head, _ = heads.fit(dna, "train", model="auto", cv=3, name="auto3")
+    ranked = {r["model"]: r["macro_f1"] for r in head.meta["models_ranked"]}
+    rows = heads.compare(dna, "train", model=",".join(ranked), cv=3)
+    assert {r["model"]: r["cv_macro_f1"] for r in rows} == pytest.approx(ranked, abs=1e-12)

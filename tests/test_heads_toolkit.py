@@ -112,7 +112,8 @@ def test_compare_ranks_every_encoder_and_model_under_one_protocol(two_encoders):
 def test_search_on_dev_and_eval_report(two_encoders, tmp_path):
     head, scores = heads.fit(two_encoders, "train", label="label", model="svm", encoder="hashing:32", name="svm",
                              search_params=True, dev_dataset="test")
-    assert scores["protocol"] == "dev dataset test" and len(head.meta["search"]) == 6
+    grid = 1 + int(np.prod([len(v) for v in MODELS["svm"].grid.values()]))  # the defaults, then the grid
+    assert scores["protocol"] == "dev dataset test" and len(head.meta["search"]) == grid
     m = heads.evaluate(two_encoders, "svm", "test", report_dir=tmp_path / "report")
     from PIL import Image
     with Image.open(m["confusion_png"]) as im:

@@ -1,0 +1,18 @@
+"""The heads-defaults benchmark runs end to end on CI-sized slices, so that it cannot rot between full runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import DATASETS, REPO, require_data
+
+
+def test_bench_heads_defaults_smoke(minilm_available):
+    require_data(DATASETS / "text" / "trec")
+    require_data(DATASETS / "dna" / "gue")
+    proc = subprocess.run([sys.executable, "benchmarks/bench_heads_defaults.py", "--smoke"], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("trec ", "splice "))]
+    assert len(rows) == 2 and all(0 < float(r[2]) <= 1 for r in rows)  # a macro-F1 per task
