@@ -84,7 +84,7 @@ def load_task(task: str, tmp: Path, limit: int | None):
             rows = list(csv.DictReader(f))
         out = list(_split(_rows([r["seqs"] for r in rows], [r["labels"] for r in rows], "")))
     elif task == "cifar10":
-        from embedstore.sources.images import tar_subset
+        from embedstore.sources.media import tar_subset
         root = dataset_path("image", "cifar10")
         per = (limit or 1000, max((limit or 1000) // 5, 20))
         return [tar_subset(root / f"{s}.tar.gz", tmp / f"cifar-{s}.tar.gz", n) for s, n in zip(("train", "test"), per)]

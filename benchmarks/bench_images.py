@@ -48,7 +48,7 @@ def tar_pixels(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 def accuracy(args, tmp: Path) -> dict:
     import embedstore
     import heads
-    from embedstore.sources.images import tar_subset
+    from embedstore.sources.media import tar_subset
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score
     from sklearn.preprocessing import StandardScaler
@@ -217,7 +217,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="throughput: DataLoader workers of the peer")
     p.add_argument("--max-wait", type=float, default=30, help="seconds to wait for a quiet machine before measuring")
     args = p.parse_args()
-    import_library("embedstore.media.images", "embedstore.sources.images", "embedstore.encoders.image.base",
+    import_library("embedstore.media.images", "embedstore.sources.media", "embedstore.encoders.image.base",
                    "embedstore.encoders.image.timm", "heads.training")
     tmp = Path(tempfile.mkdtemp(prefix="bench_images_"))
     try:

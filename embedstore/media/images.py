@@ -78,6 +78,21 @@ def decode_batch(items: Sequence[bytes], pp: Preprocess, max_pixels: int = DEFAU
     return out, reasons
 
 
+@dataclass(frozen=True)
+class ImageJob:
+    """What a decoding worker does with a batch of image files (media/workers.py): decode + preprocess."""
+
+    pp: Preprocess
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    noun = "image"
+
+    def allocate(self, n: int) -> np.ndarray:
+        return np.zeros((n, *self.pp.size, 3), dtype=np.uint8)
+
+    def run(self, items: Sequence[bytes]) -> tuple[np.ndarray, list[str | None]]:
+        return decode_batch(items, self.pp, self.max_pixels)
+
+
 def decode_image(data: bytes, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """One file's bytes -> uint8 [h, w, 3] as the model's preprocessing defines it; raises DecodeError."""
     from PIL import Image, ImageOps, UnidentifiedImageError

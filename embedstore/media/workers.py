@@ -1,5 +1,5 @@
-"""Image decoding in worker processes: fresh interpreters fed batches over a private pipe, so decoding overlaps the
-model and a native decoder that crashes on one file loses only that file."""
+"""Decoding (images, audio) in worker processes: fresh interpreters fed batches over a private pipe, so decoding
+overlaps the model and a native decoder that crashes on one file loses only that file."""
 
 from __future__ import annotations
 
@@ -11,11 +11,19 @@ import sys
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from embedstore.media.images import DEFAULT_MAX_PIXELS, Preprocess, decode_batch
+
+class DecodeJob(Protocol):
+    """What decoding is (media/images.py ImageJob, media/audio.py AudioJob); pickled to the workers."""
+
+    noun: str
+
+    def allocate(self, n: int) -> Any: ...
+
+    def run(self, items: Sequence[bytes]) -> tuple[Any, list[str | None]]: ...
 
 
 def _init_worker() -> None:
@@ -44,12 +52,13 @@ def _receive(f: Any) -> Any:
 
 
 def serve() -> None:
-    """A decoding worker: read (items, preprocess, max_pixels), write (pixels, reasons), until stdin closes."""
+    """A decoding worker: read (job, items), write job.run(items) = (outputs, reasons), until stdin closes."""
     _init_worker()
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to stderr, never into the replies
     while (request := _receive(sys.stdin.buffer)) is not None:
-        _send(replies, decode_batch(*request))
+        job, items = request
+        _send(replies, job.run(items))
 
 
 class _Worker:
@@ -92,10 +101,13 @@ def _stop_all(workers: list[_Worker]) -> None:
 class Decoder:
     """Decodes batches split across worker processes (see _Worker); `workers=0` decodes in the calling thread.
     A worker that dies on a file (a crash in a native decoder) is replaced, and its files are retried one by one
-    so that only the file that kills a decoder is skipped, with that reason."""
+    so that only the file that kills a decoder is skipped, with that reason.
 
-    def __init__(self, pp: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None):
-        self.pp, self.max_pixels = pp, max_pixels
+    The job says what decoding is: `run(items)` -> (outputs, reasons) in a worker, `allocate(n)` the container of
+    n outputs (a uint8 array for images, a list for audio)."""
+
+    def __init__(self, job: DecodeJob, workers: int | None = None):
+        self.job = job
         self.workers = min(os.cpu_count() or 1, 8) if workers is None else workers
         self._procs: list[_Worker] = []
         self._lock = threading.Lock()
@@ -108,15 +120,15 @@ class Decoder:
             self._procs[i] = _Worker()
         return self._procs[i]
 
-    def __call__(self, items: Sequence[bytes]) -> tuple[np.ndarray, list[str | None]]:
+    def __call__(self, items: Sequence[bytes]) -> tuple[Any, list[str | None]]:
         if self.workers <= 0 or len(items) < 2:
-            return decode_batch(items, self.pp, self.max_pixels)
+            return self.job.run(items)
         parts = [list(idx) for idx in np.array_split(np.arange(len(items)), min(self.workers, len(items)))]
-        pixels = np.zeros((len(items), *self.pp.size, 3), dtype=np.uint8)
+        outputs = self.job.allocate(len(items))
         reasons: list[str | None] = [None] * len(items)
         with self._lock:
             for w, idx in enumerate(parts):  # all workers decode at once; replies are read in turn
-                self._worker(w).send(([items[i] for i in idx], self.pp, self.max_pixels))
+                self._worker(w).send((self.job, [items[i] for i in idx]))
             lost = []
             for w, idx in enumerate(parts):
                 reply = self._procs[w].receive()
@@ -124,19 +136,19 @@ class Decoder:
                     self._procs[w].stop()  # reaped, so that _worker() replaces it
                     lost += idx
                     continue
-                pixels[idx], reasons_w = reply
-                for i, why in zip(idx, reasons_w):
-                    reasons[i] = why
+                for i, out, why in zip(idx, *reply):
+                    outputs[i], reasons[i] = out, why
             for i in lost:
                 worker = self._worker(0)
-                worker.send(([items[i]], self.pp, self.max_pixels))
+                worker.send((self.job, [items[i]]))
                 reply = worker.receive()
                 if reply is None:
                     worker.stop()
-                    reasons[i] = f"the image decoder crashed on this file (worker exit code {worker.proc.returncode})"
+                    reasons[i] = (f"the {self.job.noun} decoder crashed on this file (worker exit code "
+                                  f"{worker.proc.returncode})")
                 else:
-                    pixels[i], reasons[i] = reply[0][0], reply[1][0]
-        return pixels, reasons
+                    outputs[i], reasons[i] = reply[0][0], reply[1][0]
+        return outputs, reasons
 
     def close(self) -> None:
         """Stop the workers now (they also stop when the Decoder is garbage-collected or Python exits)."""

@@ -1,9 +1,9 @@
 """Sources: every input a user can ingest, read as Records in source order. `open_source` is the one dispatch;
-each reader module knows one family of inputs (images.py reads a path column's table through tables.py):
+each reader module knows one family of inputs (media.py reads a path column's table through tables.py):
 
     tables.py   CSV/TSV/JSONL/Parquet, .txt (one text per line), folders of .txt files, DataFrames, Python rows
     fasta.py    FASTA/FASTQ (plain or .gz)
-    images.py   image folders, tar shards, tables with a path column, numpy arrays, IDX files
+    media.py    image and audio folders, tar shards, tables with a path column, in-memory arrays, IDX files
     lines.py    text files read line by line (shared by tables and fasta)
     records.py  Record, Source, TableOptions
 """
@@ -17,11 +17,12 @@ from typing import Any, Iterator, Sequence
 
 from embedstore.errors import InputError
 from embedstore.sources.fasta import open_sequences, sequence_format
-from embedstore.sources.images import from_arrays, open_image_source, read_idx
+from embedstore.sources.media import from_arrays, from_waveforms, open_media_source, read_idx
 from embedstore.sources.records import Record, Source, TableOptions
 from embedstore.sources.tables import FORMATS, open_rows
 
-__all__ = ["FORMATS", "Files", "Record", "Source", "TableOptions", "from_arrays", "open_source", "read_idx"]
+__all__ = ["FORMATS", "Files", "Record", "Source", "TableOptions", "from_arrays", "from_waveforms", "open_source",
+           "read_idx"]
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,13 @@ def open_source(source: Any, opts: TableOptions, name: str | None = None, modali
                          None if None in totals else sum(totals))
         chained.records = _in_turn(parts, chained.notes)
         return chained
-    if modality == "image":
-        src = open_image_source(source, opts, None if isinstance(source, (str, Path)) else name)
+    if modality in ("image", "audio"):
+        src = open_media_source(source, opts, None if isinstance(source, (str, Path)) else name, modality)
         return _located(src, name or str(Path(source).expanduser().resolve())) if isinstance(source, (str, Path)) \
             else src
     if opts.path_column:
-        raise InputError(f"--path-column names a column of image files, for image encoders; {modality} is read "
-                         "from --text-column")
+        raise InputError(f"--path-column names a column of files, for image encoders and audio encoders; {modality} "
+                         "is read from --text-column")
     if isinstance(source, (str, Path)):
         path = Path(source).expanduser()
         if path.is_file() and (fmt := sequence_format(path, opts)):

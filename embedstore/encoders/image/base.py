@@ -25,7 +25,7 @@ from embedstore.encoders.image import gpu_decode
 from embedstore.encoders.options import Option, merge
 from embedstore.errors import EncoderUnavailableError
 from embedstore.hashing import content_hash
-from embedstore.media.images import DEFAULT_MAX_PIXELS, Preprocess
+from embedstore.media.images import DEFAULT_MAX_PIXELS, ImageJob, Preprocess
 from embedstore.media.workers import Decoder
 
 IMAGE_OPTIONS = (
@@ -79,6 +79,10 @@ class ImageEncoder(TorchEncoder):
     def batch_size(self) -> int:  # type: ignore[override]
         return self.opts["batch_size"] or (256 if self._device.startswith("cuda") else 32)
 
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        """The base class sets the option's value; the getter reads it from the options already."""
+
     @cached_property
     def _model(self) -> Any:
         return self._load().to(self._device).eval()
@@ -108,7 +112,7 @@ class ImageEncoder(TorchEncoder):
     # -- the batch loop ------------------------------------------------------------------------------------------
     @cached_property
     def _decoder(self) -> Decoder:
-        return Decoder(self.preprocess, self.max_pixels, self.opts["workers"])
+        return Decoder(ImageJob(self.preprocess, self.max_pixels), self.opts["workers"])
 
     @cached_property
     def _decode_stream(self) -> Any:
