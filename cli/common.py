@@ -65,8 +65,8 @@ def add_table_args(p: argparse.ArgumentParser, labels: bool = True) -> None:
     p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     p.add_argument("--sequence-column", dest="text_column", help="column holding DNA/RNA sequences (the same "
                    "as --text-column; FASTA/FASTQ files need neither)")
-    p.add_argument("--path-column", help="image encoders: the table column holding image file paths (relative "
-                   "to the table's folder); folders of images and tar shards (.tar, .tar.gz) need none")
+    p.add_argument("--path-column", help="image and audio encoders: the table column holding file paths "
+                   "(relative to the table's folder); folders of files and tar shards (.tar, .tar.gz) need none")
     if labels:
         p.add_argument("--label-column", "--label", dest="label_column", help="column holding the label, if any "
                        "(`heads fit --label` then takes this name or `label`)")

@@ -16,3 +16,14 @@ def test_bench_heads_defaults_smoke(minilm_available):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("trec ", "splice "))]
     assert len(rows) == 2 and all(0 < float(r[2]) <= 1 for r in rows)  # a macro-F1 per task
+
+
+def test_bench_audio_smoke():
+    require_data(DATASETS / "audio" / "fsdd")
+    proc = subprocess.run([sys.executable, "benchmarks/bench_audio.py", "--smoke", "--throughput", "8"], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line[:28].strip(): line[28:].split() for line in proc.stdout.splitlines()
+            if line.startswith(("embedstore (", "script (", "MFCC"))}
+    assert len(rows) == 3 and all(0 < float(r[0]) <= 1 for r in rows.values())  # an accuracy per pipeline
+    assert "ingest speed / script speed" in proc.stdout

@@ -70,7 +70,7 @@ class WhisperEncoder(AudioEncoder):
         Option("device", "str", help="cpu, cuda, cuda:N (default: EMBEDSTORE_DEVICE, auto = cuda when available)"),
         Option("compute_type", "str", "default", help="CTranslate2 compute type (default: the model's, as the "
                                                       "device supports it)"),
-        Option("threads", "int", 0, low=0, high=1024, help="CPU threads (0: CTranslate2's default)"),
+        Option("threads", "int", 0, low=0, high=1024, help="CPU threads (0: one per core, up to 16)"),
         Option("crop", "bool", False, fingerprint=True,
                help="encode only the audio's frames, not a padded 30 s window (faster, different vectors)"),
         BATCH_SIZE, *AUDIO_OPTIONS)
