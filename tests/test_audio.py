@@ -152,11 +152,13 @@ def _direct(model_dir: Path, clips: list[np.ndarray], layer: int = -1) -> np.nda
         with torch.inference_mode():
             if whisper:
                 feats = fe(x, sampling_rate=RATE, return_tensors="pt")["input_features"]
-                h = model.get_encoder()(feats, output_hidden_states=True).hidden_states[layer][0]
+                res = model.get_encoder()(feats, output_hidden_states=True)
+                h = (res.last_hidden_state if layer == -1 else res.hidden_states[layer])[0]
                 n = math.ceil(len(x) / 320)
             else:
-                h = model(torch.tensor(fe(x, sampling_rate=RATE)["input_values"][0])[None],
-                          output_hidden_states=True).hidden_states[layer][0]
+                res = model(torch.tensor(fe(x, sampling_rate=RATE)["input_values"][0])[None],
+                            output_hidden_states=True)
+                h = (res.last_hidden_state if layer == -1 else res.hidden_states[layer])[0]
                 n = h.shape[0]
         out.append(h[:n].double().mean(0).numpy())
     return np.stack(out)
@@ -184,8 +186,8 @@ def test_layer_option_and_fingerprints(tiny_models):
     fps = {get_encoder(base + q).fingerprint for q in ("", "?layer=-2", "?window=10")}
     assert len(fps) == 3
     assert get_encoder(base + "?device=cpu&batch_size=2").fingerprint == get_encoder(base).fingerprint
-    from embedstore.errors import EncoderUnavailableError
-    with pytest.raises(EncoderUnavailableError, match="layer=7, but the model has 2 layers"):
+    from embedstore.errors import InputError
+    with pytest.raises(InputError, match="layer=7 is out of range: the model has 2 layers"):
         get_encoder(base + "?layer=7").dim
 
 

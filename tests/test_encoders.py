@@ -110,7 +110,7 @@ def test_hf_encoder_pools_as_declared(tiny_bert):
         want_cls = h[:, 0].numpy()
     np.testing.assert_allclose(mean.embed(SENTENCES).vectors, want_mean, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(cls.embed(SENTENCES).vectors, want_cls, rtol=1e-4, atol=1e-5)
-    with pytest.raises(InputError, match=r"option pooling takes <mean\|cls\|max>"):
+    with pytest.raises(InputError, match=r"option pooling takes <mean\|cls\|max\|last>"):
         get_encoder(f"hf:{tiny_bert}?pooling=sum")
 
 

@@ -38,7 +38,8 @@ SCHEMES: dict[str, Scheme] = {
     "st": Scheme("embedstore.encoders.text.st:SentenceTransformerEncoder",
                  "sentence-transformers model directory or cached hub id", pinnable=True),
     "hf": Scheme("embedstore.encoders.text.hf:HFTextEncoder",
-                 "Hugging Face encoder with declared pooling (?pooling=mean|cls|max&normalize=true)", pinnable=True),
+                 "Hugging Face text model with declared pooling (?pooling=mean|cls|max|last&normalize=true&layer=-k): "
+                 "encoders, decoder-only (GPT-2) and the encoder of encoder-decoder (T5, BART) models", pinnable=True),
     "hashing": Scheme("embedstore.encoders.text.hashing:HashingEncoder",
                       "weight-free hashed word n-grams, hashing:<dim>[?ngram=1..3]"),
     "kmer": Scheme("embedstore.encoders.dna.kmer:KmerEncoder",
@@ -47,7 +48,7 @@ SCHEMES: dict[str, Scheme] = {
                     "tiara's pretrained 6-mer TF-IDF + MLP, 1024-d (PyPI tiara==1.0.2); `tiara` alone is enough",
                     bare=True),
     "hf-dna": Scheme("embedstore.encoders.dna.hf_dna:HFDNAEncoder",
-                     "Hugging Face DNA language model (?pooling=mean|cls&rc=true&window=&stride=); model code "
+                     "Hugging Face DNA language model (?pooling=mean|cls&rc=true&window=&stride=&layer=-k); model code "
                      "shipped with a checkpoint runs only from a local directory or a hub id pinned @<commit>",
                      pinnable=True),
     "onnx": Scheme("embedstore.encoders.text.onnx:ONNXTextEncoder",

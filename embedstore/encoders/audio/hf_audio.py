@@ -20,7 +20,7 @@ import numpy as np
 
 from embedstore.encoders.audio.base import AUDIO_OPTIONS, AudioEncoder
 from embedstore.encoders.device import TorchEncoder
-from embedstore.encoders.hf_model import HFModel
+from embedstore.encoders.hf_model import LAYER, HFModel, hidden_layer
 from embedstore.encoders.options import Option, merge
 from embedstore.errors import EncoderUnavailableError
 
@@ -32,9 +32,7 @@ class HFAudioEncoder(AudioEncoder, HFModel):
     OPTIONS = merge(TorchEncoder.OPTIONS, (
         Option("window", "float", 30.0, low=0.1, high=3600, fingerprint=True,
                help="seconds per window; long files are cut and their windows' frames averaged"),
-        Option("layer", "int", -1, low=-1000, high=1000, fingerprint=True,
-               help="hidden state to pool: -1 the last, -k the k-th from the end, k >= 0 index (0 = the input "
-                    "embeddings)"),
+        LAYER,
         *AUDIO_OPTIONS))
 
     @cached_property
@@ -109,13 +107,7 @@ class HFAudioEncoder(AudioEncoder, HFModel):
             inputs[key] = inputs[key].to(next(model.parameters()).dtype)
         with torch.inference_mode(), self.autocast():
             out = model(**inputs, output_hidden_states=True)
-        hidden = out.hidden_states
-        layer = self.opts["layer"]
-        if not -len(hidden) <= layer < len(hidden):
-            raise EncoderUnavailableError(f"encoder {self.spec!r}: layer={layer}, but the model has "
-                                          f"{len(hidden) - 1} layers (hidden states 0..{len(hidden) - 1}, or -1 to "
-                                          f"-{len(hidden)})")
-        states = hidden[layer].float()
+        states = hidden_layer(out, self.opts["layer"], self.spec).float()
         frames = self._frames([len(w) for w in windows], states.shape[1])
         mask = torch.arange(states.shape[1], device=states.device)[None, :] < torch.as_tensor(
             frames, device=states.device)[:, None]

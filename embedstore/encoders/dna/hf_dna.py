@@ -16,7 +16,7 @@ from embedstore.encoders.base import Embedded
 from embedstore.encoders.dna.alphabet import reverse_complement
 from embedstore.encoders.dna.base import DNAEncoder
 from embedstore.encoders.dna.windows import WINDOW_OPTIONS, Windows, pool_windows
-from embedstore.encoders.hf_model import HFModel
+from embedstore.encoders.hf_model import LAYER, HFModel, hidden_layer
 from embedstore.encoders.options import Option, merge
 from embedstore.errors import EncoderUnavailableError, InputError
 
@@ -36,9 +36,10 @@ class _TokenPlan:
 
 
 class HFDNAEncoder(DNAEncoder, HFModel):
-    """`hf-dna:<dir or hub id>[@commit]`: a DNA language model's last hidden layer, pooled over real tokens
-    (`pooling=mean`, default) or its first special token (`pooling=cls`), per window, then over windows;
-    `rc=true` averages the sequence's and its reverse complement's vectors.
+    """`hf-dna:<dir or hub id>[@commit]`: a DNA language model's hidden layer (`layer`, default -1: the last; an
+    earlier layer is often the better feature of a masked-LM), pooled over real tokens (`pooling=mean`, default) or
+    its first special token (`pooling=cls`), per window, then over windows; `rc=true` averages the sequence's and
+    its reverse complement's vectors.
 
     Models: Nucleotide Transformer v1 (ESM, native in transformers), GPN (PyPI gpn registers its classes), and
     models whose code ships with the checkpoint (config.json `auto_map`: NT v2, DNABERT-2, HyenaDNA, Caduceus),
@@ -49,7 +50,8 @@ class HFDNAEncoder(DNAEncoder, HFModel):
     OPTIONS = merge(DNAEncoder.OPTIONS, HFModel.OPTIONS, WINDOW_OPTIONS, (
         Option("pooling", "choice", "mean", ("mean", "cls"), fingerprint=True,
                help="mean over real tokens, or the first special token"),
-        Option("rc", "bool", False, fingerprint=True, help="average with the reverse complement's vector")))
+        Option("rc", "bool", False, fingerprint=True, help="average with the reverse complement's vector"),
+        LAYER))
     window_token_budget = 65_536  # on CUDA: padded tokens per forward pass
     MAX_WINDOWS = 64
 
@@ -57,6 +59,7 @@ class HFDNAEncoder(DNAEncoder, HFModel):
         super().__init__(spec, name, options, revision)
         self.pooling = self.opts["pooling"]
         self.rc = self.opts["rc"]
+        self.layer = self.opts["layer"]
 
     @cached_property
     def _config(self) -> dict:
@@ -99,9 +102,11 @@ class HFDNAEncoder(DNAEncoder, HFModel):
         return min(limits) if limits else 512
 
     def identity(self) -> dict:
+        """`layer` only where it is not the default, so stores made before the option keep their fingerprints."""
         return {"files": self._weights_hash, "max_length": self.max_length, "pooling": self.pooling, "rc": self.rc,
                 "remote_code": self.remote_code, "alphabet": self.alphabet.identity(),
-                **Windows.identity_of(self.opts, "max_length - special tokens", "3/4 window", self.MAX_WINDOWS)}
+                **Windows.identity_of(self.opts, "max_length - special tokens", "3/4 window", self.MAX_WINDOWS),
+                **({"layer": self.layer} if self.layer != -1 else {})}
 
     def versions(self) -> dict:
         out = super().versions()
@@ -138,8 +143,16 @@ class HFDNAEncoder(DNAEncoder, HFModel):
         if masked_lm_only:  # e.g. NT v2 declares only its masked-LM class: take the encoder under the head
             model = model.base_model
         model = model.to(self._device).eval()
-        takes_mask = "attention_mask" in inspect.signature(model.forward).parameters
-        return tok, model, takes_mask
+        takes = inspect.signature(model.forward).parameters
+        extra = {}
+        if self.layer != -1:
+            if "output_hidden_states" not in takes and not any(p.kind is p.VAR_KEYWORD for p in takes.values()):
+                raise EncoderUnavailableError(
+                    f"encoder {self.spec!r}: layer={self.layer} needs the model's hidden states, and "
+                    f"{type(model).__name__}.forward takes no output_hidden_states (it takes {', '.join(takes)}); "
+                    "omit layer to use its last layer")
+            extra["output_hidden_states"] = True
+        return tok, model, "attention_mask" in takes, extra
 
     @property
     def tokenizer(self):
@@ -234,13 +247,13 @@ class HFDNAEncoder(DNAEncoder, HFModel):
     def _forward_windows(self, batches: list[tuple[np.ndarray, Any, Any]]) -> np.ndarray:
         """Pooled vector of every window, in window order."""
         import torch
-        model, takes_mask = self._loaded[1], self._loaded[2]
+        _, model, takes_mask, extra = self._loaded
         parts, where = [], []
         for idx, ids, mask in batches:
             ids, mask = ids.to(self._device), mask.to(self._device)
             with torch.inference_mode(), self.autocast():
-                out = model(input_ids=ids, attention_mask=mask) if takes_mask else model(input_ids=ids)
-                hidden = _last_hidden(out, self.spec)
+                out = model(input_ids=ids, **({"attention_mask": mask} if takes_mask else {}), **extra)
+                hidden = hidden_layer(out, self.layer, self.spec)
                 if self.pooling == "cls":
                     pooled = hidden[:, 0]
                 else:
@@ -257,16 +270,3 @@ class HFDNAEncoder(DNAEncoder, HFModel):
         batches, owner, weights, n_strands, n_tok, truncated = prepared
         per_strand = pool_windows(self._forward_windows(batches), owner, weights, len(n_tok) * n_strands)
         return Embedded(per_strand.reshape(len(n_tok), n_strands, -1).mean(axis=1), n_tok, truncated)
-
-
-def _last_hidden(out: Any, spec: str):
-    """The last hidden layer from any model output: a ModelOutput, or a tuple whose first item it is."""
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    hidden = getattr(out, "last_hidden_state", None)
-    if hidden is None and getattr(out, "hidden_states", None) is not None:
-        hidden = out.hidden_states[-1]
-    if hidden is None:
-        raise EncoderUnavailableError(f"encoder {spec!r}: the model returned {type(out).__name__} without a last "
-                                      "hidden state; expected a base model (AutoModel) output")
-    return hidden
