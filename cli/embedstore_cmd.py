@@ -30,7 +30,8 @@ def build_parser():
 
     ing = sub.add_parser("ingest", help="embed files, a directory, a glob or stdin into a dataset",
                          description="Read SOURCE (CSV/TSV/JSONL/Parquet, .txt with one text per line, FASTA/FASTQ, "
-                         "optionally .gz; a directory of .txt files or images; a tar shard of images; several "
+                         "optionally .gz; a directory of .txt files, images or audio files; a tar shard of images or "
+                         "audio; several "
                          "files or a quoted glob; - for standard input), embed what is not cached yet, and store "
                          "items, vectors and the index. Re-running updates by key and embeds only changed content.")
     ing.add_argument("source", nargs="+", help="file(s), directory, quoted glob, or - (stdin)")
@@ -38,8 +39,9 @@ def build_parser():
     ing.add_argument("--encoder", required=True, help="encoder spec, or several comma-separated (each is ingested "
                      "in turn), e.g. minilm, st:/path, hf:/path?pooling=cls, hashing:256 (see `embedstore encoders`)")
     add_table_args(ing)
-    ing.add_argument("--chunk-size", type=int, help="rows per transaction (default: adaptive, about 2 s of work "
-                     "each; a crash loses at most the chunk in flight)")
+    ing.add_argument("--chunk-size", type=int, help="rows per transaction (default: adaptive, from 1,024 rows, 128 "
+                     "for images, 32 for audio, doubled while a chunk takes under 2 s and halved when one takes over "
+                     "8 s; a crash loses at most the chunk in flight)")
     ing.add_argument("--replace", action="store_true", help="let this source replace items of the same keys that "
                      "another source file put in the dataset (e.g. v1/data.csv then v2/data.csv: keys are "
                      "<file name>:<row>); without it such an ingest is refused")
@@ -52,7 +54,8 @@ def build_parser():
                         "(one line each). Vectors the store already holds for this content and encoder are read "
                         "from it; nothing is written.")
     em.add_argument("input", nargs="*", help="texts or sequences (- reads one per line from stdin)")
-    em.add_argument("--image", action="append", metavar="FILE", help="an image file (repeatable)")
+    em.add_argument("--image", "--audio", dest="image", action="append", metavar="FILE",
+                    help="an image or audio file (repeatable)")
     em.add_argument("--encoder", required=True, help="encoder spec (see `embedstore encoders`)")
     em.add_argument("--npy", metavar="FILE", help="also write the vectors as an [n, dim] float32 .npy file")
     add_json_arg(em)
@@ -64,8 +67,9 @@ def build_parser():
     q = se.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="query text (embedded with the dataset's encoder, or taken from the cache)")
     q.add_argument("--sequence", help="query DNA/RNA sequence (for datasets of a DNA encoder)")
-    q.add_argument("--image", metavar="FILE", help="query image (for datasets of an image encoder; --text on a "
-                   "clip: dataset searches images by text)")
+    q.add_argument("--image", "--audio", dest="image", metavar="FILE",
+                   help="query image or audio file (for datasets of an image or audio encoder; --text on a clip: "
+                   "dataset searches images by text)")
     q.add_argument("--key", help="an item's key: its neighbours (itself excluded)")
     q.add_argument("--vector", metavar="FILE", help="query vector: .npy, or a JSON/whitespace list of numbers")
     se.add_argument("-k", type=int, help="number of neighbours (default 10; more than the dataset holds returns all)")

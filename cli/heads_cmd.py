@@ -79,7 +79,8 @@ def build_parser():
 
     pr = sub.add_parser("predict", help="predict for new raw inputs (embeds them with the head's encoder)",
                         description="Read INPUT as `embedstore ingest` reads it (tables, .txt with one text per "
-                        "line, FASTA/FASTQ, image folders and tar shards, several files or a glob, - for stdin), "
+                        "line, FASTA/FASTQ, image or audio folders and tar shards, several files or a glob, - for "
+                        "stdin), "
                         "embed it with the head's own encoder (vectors the store holds for the same content are "
                         "reused; nothing is written) and write key, input, prediction, skip reason and class "
                         "probabilities as CSV (or JSON).")

@@ -309,3 +309,78 @@ def test_whisper_on_real_spoken_digits(store, whisper_tiny):
     sims = Xn @ Xn.T
     same = sims[digit[:, None] == digit[None, :]][~np.eye(8, dtype=bool)[digit[:, None] == digit[None, :]]]
     assert same.mean() > sims[digit[:, None] != digit[None, :]].mean()  # the same digit sounds closer
+
+
+# -- what an attack on the first version found ------------------------------------------------------------------------
+def test_waveform_arrays_pcm_scaling_and_shapes():
+    f = _tone(440, 0.25, RATE)
+    as_float = decode_audio(to_wav(f, RATE), RATE)
+    np.testing.assert_allclose(decode_audio(to_wav((f * 32767).astype(np.int16), RATE), RATE), as_float, atol=1e-4)
+    np.testing.assert_allclose(decode_audio(to_wav(np.round(f * 127 + 128).astype(np.uint8), RATE), RATE), as_float,
+                               atol=1e-2)
+    with pytest.raises(ValueError, match="transposed"):
+        to_wav(np.stack([f, f]), RATE)                    # channels first
+    with pytest.raises(ValueError, match="int64 samples have no PCM scale"):
+        to_wav(np.array([1000, -2000, 3000]), RATE)      # a list of Python ints
+    from embedstore.errors import InputError
+    with pytest.raises(InputError, match=r"pass \[clip\]"):
+        from_waveforms(f, RATE)
+    recs = list(from_waveforms([np.stack([f, f]), f], 16000.0))
+    assert "transposed" in recs[0].reason and recs[1].reason is None and recs[1].meta["duration"] == 0.25
+
+
+def test_anti_phase_and_too_short_clips_say_why():
+    tone = _tone(440, 0.5, RATE)
+    with pytest.raises(ValueError, match="cancel out when mixed to mono"):
+        decode_audio(_wav(np.stack([tone, -tone], 1), RATE), RATE)
+    with pytest.raises(ValueError, match="too short"):
+        decode_audio(_wav(np.full(1, 0.5, np.float32), 48000, "FLOAT"), RATE)
+
+
+def test_cut_flac_is_reported_near_the_cut():
+    data = _wav(_tone(440, 3.0, RATE) + 0.01 * np.random.default_rng(0).standard_normal(3 * RATE).astype(np.float32),
+                RATE, "PCM_16", "FLAC")
+    with pytest.raises(ValueError, match=r"truncated|corrupt") as e:
+        decode_audio(data[: int(len(data) * 0.7)], RATE)
+    assert "after 0.00 s" not in str(e.value)
+
+
+def test_vectors_do_not_depend_on_the_batch_for_unmasked_models(tiny_models, tmp_path):
+    """A short clip alone, and batched with a long one: the same vector, also where the model takes no mask."""
+    import shutil
+    import json as _json
+    rng = np.random.default_rng(5)
+    short, long = (to_wav((rng.standard_normal(n) * 0.1).astype(np.float32), RATE) for n in (3_000, 40_000))
+    nomask = tmp_path / "w2v-nomask"
+    shutil.copytree(tiny_models["w2v"], nomask)
+    cfg = nomask / "preprocessor_config.json"
+    cfg.write_text(_json.dumps({**_json.loads(cfg.read_text()), "return_attention_mask": False}))
+    for spec in (f"hf-audio:{tiny_models['w2v']}", f"hf-audio:{nomask}"):
+        alone = get_encoder(spec + "?workers=0").embed([short]).vectors[0]
+        batched = get_encoder(spec + "?workers=0").embed([short, long]).vectors[0]
+        np.testing.assert_allclose(alone, batched, rtol=1e-4, atol=1e-5)
+
+
+def test_whisper_crop_vectors_do_not_depend_on_the_batch(whisper_tiny):
+    rng = np.random.default_rng(6)
+    short, long = (to_wav((rng.standard_normal(n) * 0.1).astype(np.float32), RATE) for n in (8_000, 64_000))
+    alone = get_encoder("whisper-tiny.en?crop=true&workers=0").embed([short]).vectors[0]
+    batched = get_encoder("whisper-tiny.en?crop=true&workers=0").embed([short, long]).vectors[0]
+    np.testing.assert_allclose(alone, batched, rtol=1e-4, atol=1e-5)
+
+
+def test_slow_encoders_commit_small_chunks(store, tiny_models):
+    """An audio ingest's first transaction holds 32 clips, not 1,024: a crash loses seconds of work, not minutes."""
+    from embedstore.encoders.audio.base import AudioEncoder
+    assert AudioEncoder.first_chunk == 32
+    rng = np.random.default_rng(7)
+    waves = [(rng.standard_normal(800) * 0.1).astype(np.float32) for _ in range(40)]
+    import embedstore.ingest.pipeline as pipeline
+    sizes = []
+    real = pipeline._take
+    pipeline._take = lambda it, size: (sizes.append(size), real(it, size))[1]
+    try:
+        store.ingest(from_waveforms(waves, RATE), dataset="chunks", encoder=f"hf-audio:{tiny_models['w2v']}")
+    finally:
+        pipeline._take = real
+    assert sizes[1] == 32  # _take(it, 1) reads the first row ahead; then the first chunk

@@ -42,6 +42,7 @@ class Encoder(ABC):
     modality: ClassVar[str]
     OPTIONS: ClassVar[tuple[Option, ...]] = ()
     batch_size: int = 32
+    first_chunk: int = 1024     # rows in an ingest's first transaction; slow encoders (images, audio) start smaller
     token_budget: int = 65_536  # on CUDA: padded length per batch, in the units of `length()`
 
     def __init__(self, spec: str, name: str, options: dict[str, str], revision: str | None = None):

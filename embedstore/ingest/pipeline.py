@@ -75,7 +75,7 @@ class IngestReport:
         return asdict(self)
 
 
-CHUNK_START, CHUNK_MAX, CHUNK_SECONDS = 1024, 16_384, 2.0
+CHUNK_START, CHUNK_MAX, CHUNK_MIN, CHUNK_SECONDS = 1024, 16_384, 16, 2.0
 CHUNK_LIMIT = 1_000_000  # the most rows a user may put in one transaction (--chunk-size)
 CHUNK_BYTES = 256 << 20  # a chunk also ends at this much binary content (image files), to bound memory
 
@@ -130,7 +130,7 @@ def _ingest(db: "Database", enc: Encoder, src: Any, dataset: str, label_column: 
     run = _Run(dataset, src.name, label_column, replace, report)
     every = config.number("checkpoint_items", int, 1)
     cap = min(CHUNK_MAX, 4 * rows_for(record.dim))  # rows per chunk: wide vectors make chunks of fewer rows
-    size = chunk_size or min(CHUNK_START, cap)
+    size = chunk_size or min(enc.first_chunk, CHUNK_START, cap)
     with Progress(total=src.total, desc=f"ingest {dataset}", enabled=progress) as bar:
         while chunk := _take(it, size):
             t0 = time.perf_counter()
@@ -138,8 +138,11 @@ def _ingest(db: "Database", enc: Encoder, src: Any, dataset: str, label_column: 
             if live.unsaved >= max(every, live.index.ntotal // 4):  # geometric: total writes stay O(n)
                 live.persist()
             db.yield_to_readers()
-            if not chunk_size and time.perf_counter() - t0 < CHUNK_SECONDS:
+            took = time.perf_counter() - t0
+            if not chunk_size and took < CHUNK_SECONDS:
                 size = min(size * 2, cap)  # fast encoder or cached rows: fewer, larger transactions
+            elif not chunk_size and took > 4 * CHUNK_SECONDS:
+                size = max(size // 2, CHUNK_MIN)  # slow encoder: a crash loses at most a few seconds of work
     live.persist()
     sync.forget(db, keep=live)  # others may hold re-keyed items or lack vectors shared with this dataset
     db.release()

@@ -27,7 +27,7 @@ import numpy as np
 
 AUDIO_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
                             ".snd"})
-BLOCK_SECONDS = 10
+BLOCK_SECONDS = 1   # a cut or corrupt stream is reported to the second
 DEFAULT_MAX_SECONDS = 4 * 3600.0
 SILENCE = 1 / 32768
 
@@ -85,7 +85,7 @@ def decode_audio(data: bytes, rate: int, max_seconds: float = DEFAULT_MAX_SECOND
                                    "(option max_seconds)")
         stream = soxr.ResampleStream(sr, rate, 1, dtype="float32", quality="HQ") if sr != rate else None
         out = np.empty(math.ceil(frames * rate / sr) + 64, np.float32)  # filled in place: no second copy
-        at, peak, read = 0, 0.0, 0
+        at, peak, mixed_peak, read = 0, 0.0, 0.0, 0
 
         def put(x: np.ndarray) -> None:
             nonlocal out, at
@@ -100,7 +100,8 @@ def decode_audio(data: bytes, rate: int, max_seconds: float = DEFAULT_MAX_SECOND
                     raise AudioDecodeError(f"NaN or infinite sample values (first at {bad / sr:.3f} s)")
                 read += len(block)
                 mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-                peak = max(peak, float(np.abs(mono).max(initial=0.0)))
+                peak = max(peak, float(np.abs(block).max(initial=0.0)))
+                mixed_peak = max(mixed_peak, float(np.abs(mono).max(initial=0.0)))
                 put(stream.resample_chunk(mono) if stream else mono)
             if stream:
                 put(stream.resample_chunk(np.zeros(0, np.float32), last=True))
@@ -114,6 +115,12 @@ def decode_audio(data: bytes, rate: int, max_seconds: float = DEFAULT_MAX_SECOND
                                f"{read / sr:.2f} s")
     if peak < SILENCE:
         raise AudioDecodeError("silent: every sample is below one 16-bit step (digital silence, nothing to embed)")
+    if mixed_peak < SILENCE:
+        raise AudioDecodeError(f"the {f.channels} channels cancel out when mixed to mono (anti-phase): nothing is "
+                               "left to embed; fix the channel polarity or pass one channel")
+    if at == 0:
+        raise AudioDecodeError(f"too short: {frames} sample(s) at {sr:,} Hz give no sample at the model's "
+                               f"{rate:,} Hz")
     return out[:at]
 
 
@@ -143,12 +150,24 @@ class AudioJob:
 
 def to_wav(samples: np.ndarray, rate: int) -> bytes:
     """Samples held in memory (from_waveforms) as the bytes of a 32-bit float WAV: one content format for every
-    audio item, hashed and decoded like a file. [n] is mono, [n, channels] multichannel."""
+    audio item, hashed and decoded like a file. [n] is mono, [n, channels] multichannel. Floats are taken as they
+    are (full scale = 1.0); int8/int16/int32 and uint8 arrays are PCM, scaled by their type's range as soundfile
+    reads such files, so a clip gives one vector whichever type holds it."""
     import soundfile as sf
     a = np.asarray(samples)
-    if a.ndim not in (1, 2) or a.size == 0 or not np.issubdtype(a.dtype, np.number):
-        raise AudioDecodeError(f"expected a non-empty numeric array [samples] or [samples, channels], found "
-                               f"{a.dtype} {a.shape}")
+    if a.ndim not in (1, 2) or a.size == 0:
+        raise AudioDecodeError(f"expected a non-empty array [samples] or [samples, channels], found shape {a.shape}")
+    if a.ndim == 2 and a.shape[1] > 64 and a.shape[0] < a.shape[1]:
+        raise AudioDecodeError(f"shape {a.shape} reads as {a.shape[1]:,} channels of {a.shape[0]} samples: clips "
+                               "are [samples, channels]; pass the transposed array (x.T)")
+    if a.dtype.kind in "iu":
+        if a.dtype.itemsize > 4 or a.dtype.kind == "u" and a.dtype.itemsize > 1:
+            raise AudioDecodeError(f"{a.dtype} samples have no PCM scale: pass float samples in [-1, 1] or "
+                                   "int16/int32/uint8 PCM")
+        info = np.iinfo(a.dtype)
+        a = (a.astype(np.float64) - (128 if a.dtype.kind == "u" else 0)) / (-float(info.min) if info.min else 128)
+    elif a.dtype.kind != "f":
+        raise AudioDecodeError(f"expected float or integer PCM samples, found {a.dtype}")
     buf = io.BytesIO()
     sf.write(buf, a.astype(np.float32, copy=False), int(rate), format="WAV", subtype="FLOAT")
     return buf.getvalue()

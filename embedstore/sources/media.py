@@ -198,16 +198,22 @@ def open_media_source(source: Any, opts: TableOptions, name: str | None = None, 
     return Source(src.name, _table_records(src, base, modality), src.total, src.notes)
 
 
+def _labels_for(caller: str, noun: str, n: int, labels: Iterable | None, keys: Sequence[str] | None
+                ) -> list[str | None] | None:
+    """Labels as strings, once the labels and keys given are checked to be one per item."""
+    labels = None if labels is None else [None if v is None else str(v) for v in labels]
+    for what, given in (("labels", labels), ("keys", keys)):
+        if given is not None and len(given) != n:
+            raise InputError(f"{caller}: {n:,} {noun} but {len(given):,} {what}")
+    return labels
+
+
 def from_arrays(images: np.ndarray | Sequence[np.ndarray], labels: Iterable | None = None, *, name: str = "arrays",
                 keys: Sequence[str] | None = None) -> Source:
     """Images held in memory (e.g. Fashion-MNIST from read_idx) as a Source: keys `<name>:<i>` (from 1) unless
     given; labels optional. Pass it to `store.ingest(...)` with an image encoder."""
     n = len(images)
-    labels = None if labels is None else [None if v is None else str(v) for v in labels]
-    if labels is not None and len(labels) != n:
-        raise InputError(f"from_arrays: {n:,} images but {len(labels):,} labels")
-    if keys is not None and len(keys) != n:
-        raise InputError(f"from_arrays: {n:,} images but {len(keys):,} keys")
+    labels = _labels_for("from_arrays", "images", n, labels, keys)
     records = (Record(keys[i] if keys is not None else f"{name}:{i + 1}", to_npy(np.asarray(images[i])),
                       labels[i] if labels is not None else None, None, name) for i in range(n))
     return Source(name, records, n)
@@ -218,14 +224,16 @@ def from_waveforms(waves: np.ndarray | Sequence[np.ndarray], sample_rate: int, l
     """Audio held in memory as a Source: each clip [samples] (mono) or [samples, channels] at `sample_rate` Hz
     becomes a 32-bit float WAV (so it is hashed, decoded and resampled like a file). Keys `<name>:<i>` (from 1)
     unless given; labels optional. Pass it to `store.ingest(...)` with an audio encoder."""
+    if isinstance(sample_rate, float) and sample_rate.is_integer():
+        sample_rate = int(sample_rate)
+    if isinstance(waves, np.ndarray) and waves.ndim == 1:
+        raise InputError(f"from_waveforms takes a list of clips (or a 2-D array, one clip per row), found one 1-D "
+                         f"array of {len(waves):,} samples: pass [clip]")
     if not isinstance(sample_rate, (int, np.integer)) or not 1 <= sample_rate <= 1_000_000:
         raise InputError(f"from_waveforms: sample_rate must be a whole number of Hz from 1 to 1,000,000, not "
                          f"{sample_rate!r}")
     n = len(waves)
-    labels = None if labels is None else [None if v is None else str(v) for v in labels]
-    for what, given in (("labels", labels), ("keys", keys)):
-        if given is not None and len(given) != n:
-            raise InputError(f"from_waveforms: {n:,} clips but {len(given):,} {what}")
+    labels = _labels_for("from_waveforms", "clips", n, labels, keys)
 
     def records() -> Iterator[Record]:
         for i in range(n):
@@ -233,7 +241,7 @@ def from_waveforms(waves: np.ndarray | Sequence[np.ndarray], sample_rate: int, l
             label = labels[i] if labels is not None else None
             try:
                 data = to_wav(waves[i], int(sample_rate))
-            except ValueError as e:
+            except (ValueError, RuntimeError) as e:  # bad shape or type; soundfile's errors are RuntimeErrors
                 yield Record(key, None, label, None, name, reason=f"clip {i + 1}: {e}")
                 continue
             yield _with_info(Record(key, data, label, None, name), "audio")

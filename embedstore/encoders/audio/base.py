@@ -35,6 +35,7 @@ class AudioEncoder(Encoder):
 
     modality = "audio"
     batch_size = 8  # windows per forward pass (option batch_size)
+    first_chunk = 32  # a few seconds of work per transaction: a crash loses little
     sample_rate: int
     window_seconds: float
 
@@ -46,6 +47,17 @@ class AudioEncoder(Encoder):
         """For windows of at most `window_seconds`: (sum of the states of the frames that hold audio [w, dim]
         float64, the number of those frames [w])."""
         raise NotImplementedError
+
+    @property
+    def pads_exactly(self) -> bool:
+        """Whether padding a window to its batch's longest leaves its states unchanged (the model masks it). When
+        not, windows run one at a time, so a vector never depends on the clips that shared its batch."""
+        return True
+
+    @cached_property
+    def dim(self) -> int:
+        """From one forward pass of 0.1 s of silence: what the pooled states really are."""
+        return int(self._window_states([np.zeros(self.sample_rate // 10, np.float32)])[0].shape[1])
 
     def pooling_identity(self) -> dict:
         return {"sample_rate": self.sample_rate, "window_seconds": self.window_seconds,
@@ -92,8 +104,9 @@ class AudioEncoder(Encoder):
         owners = [(i, w) for i, wave in enumerate(prepared) if wave is not None for w in self.windows(wave)]
         sums = np.zeros((len(prepared), self.dim))
         counts = np.zeros(len(prepared))
-        for start in range(0, len(owners), self.batch_size):
-            part = owners[start:start + self.batch_size]
+        step = self.batch_size if self.pads_exactly else 1
+        for start in range(0, len(owners), step):
+            part = owners[start:start + step]
             s, c = self._window_states([w for _, w in part])
             for (i, _), si, ci in zip(part, s, c):
                 sums[i] += si

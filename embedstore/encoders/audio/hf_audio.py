@@ -5,7 +5,8 @@ The feature extractor comes from the model directory (preprocessor_config.json: 
 whether the model takes an attention mask). Windows of one batch are padded together; models trained with an
 attention mask get it, the others get zero padding as their feature extractor prescribes, and in both cases
 padding frames are left out of the mean (their count from the model's own convolution arithmetic,
-`_get_feat_extract_output_lengths`). Whisper checkpoints run their encoder alone on 30 s windows of log-mel
+`_get_feat_extract_output_lengths`); models without a mask run their windows one at a time, so that no vector
+depends on the clips that shared its batch. Whisper checkpoints run their encoder alone on 30 s windows of log-mel
 features (2 mel frames per state). `?layer=-k` takes an earlier hidden state (-1, the last, is the default);
 `?window=<seconds>` cuts long files (default 30; Whisper's is fixed at 30).
 """
@@ -71,9 +72,11 @@ class HFAudioEncoder(AudioEncoder, HFModel):
         fe = self._loaded[0]
         return float(fe.chunk_length) if self._whisper else self.opts["window"]
 
-    @cached_property
-    def dim(self) -> int:
-        return int(self._window_states([np.zeros(self.sample_rate // 10, np.float32)])[0].shape[1])
+    @property
+    def pads_exactly(self) -> bool:
+        """Whisper windows are all 30 s; wav2vec2-style models are exact only with an attention mask (those
+        trained without one, like wav2vec2-base, take zero padding that still shifts the real frames' states)."""
+        return self._whisper or bool(getattr(self._loaded[0], "return_attention_mask", False))
 
     def identity(self) -> dict:
         return {"files": self._weights_hash, "layer": self.opts["layer"], **self.pooling_identity()}
@@ -102,9 +105,8 @@ class HFAudioEncoder(AudioEncoder, HFModel):
             if getattr(fe, "return_attention_mask", False):
                 inputs["attention_mask"] = feats["attention_mask"]
         inputs = {k: v.to(self._device) for k, v in inputs.items()}
-        if "input_values" in inputs or "input_features" in inputs:
-            key = "input_values" if "input_values" in inputs else "input_features"
-            inputs[key] = inputs[key].to(next(model.parameters()).dtype)
+        key = "input_features" if self._whisper else "input_values"
+        inputs[key] = inputs[key].to(next(model.parameters()).dtype)
         with torch.inference_mode(), self.autocast():
             out = model(**inputs, output_hidden_states=True)
         states = hidden_layer(out, self.opts["layer"], self.spec).float()

@@ -122,9 +122,10 @@ class WhisperEncoder(AudioEncoder):
     def _filters(self) -> np.ndarray:
         return mel_filters(self._model.n_mels)
 
-    @cached_property
-    def dim(self) -> int:
-        return int(self._window_states([np.zeros(SAMPLE_RATE // 10, np.float32)])[0].shape[1])
+    @property
+    def pads_exactly(self) -> bool:
+        """Full windows are all 3,000 frames; cropped ones differ in width and CTranslate2 takes no mask."""
+        return not self.opts["crop"]
 
     def identity(self) -> dict:
         return {"files": hash_files(self.path),

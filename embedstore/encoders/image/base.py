@@ -40,6 +40,7 @@ class ImageEncoder(TorchEncoder):
     """Subclasses provide `preprocess`, `_load`, `_weights_identity` (and `_forward` when not the model's call)."""
 
     modality = "image"
+    first_chunk = 128  # a few seconds of work per transaction on CPU: a crash loses little
     OPTIONS = merge(TorchEncoder.OPTIONS, IMAGE_OPTIONS)
 
     def __init__(self, spec: str, name: str, options: dict[str, str], revision: str | None = None):
