@@ -384,3 +384,16 @@ def test_slow_encoders_commit_small_chunks(store, tiny_models):
     finally:
         pipeline._take = real
     assert sizes[1] == 32  # _take(it, 1) reads the first row ahead; then the first chunk
+
+
+def test_lower_precision_vectors_agree_with_float32(tiny_models, whisper_tiny):
+    """dtype / compute_type are recorded per vector, not in the fingerprint: they must agree to cosine >= 0.99."""
+    def cos(a, b):
+        return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    rng = np.random.default_rng(8)
+    clips = [to_wav((rng.standard_normal(n) * 0.1).astype(np.float32), RATE) for n in (4_000, 12_000)]
+    for full, low in ((f"hf-audio:{tiny_models['w2v']}", f"hf-audio:{tiny_models['w2v']}?dtype=bfloat16"),
+                      ("whisper-tiny.en", "whisper-tiny.en?compute_type=int8")):
+        a, b = get_encoder(full + ("&" if "?" in full else "?") + "workers=0"), get_encoder(low + "&workers=0")
+        assert a.fingerprint == b.fingerprint and b.dtype in ("bfloat16", "int8")
+        assert cos(a.embed(clips).vectors, b.embed(clips).vectors).min() >= 0.99

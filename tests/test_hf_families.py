@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,33 +51,33 @@ def tiny_gpt2(tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module")
-def tiny_t5(tmp_path_factory, tiny_bert):  # noqa: F811
-    """A 2-layer T5 with the tiny BERT's (MiniLM's uncased) tokenizer."""
+def _with_bert_tokenizer(tmp_path_factory, tiny_bert, name: str, build) -> Path:
+    """A tiny model `build(vocab_size)` saved beside the tiny BERT's (MiniLM's uncased) tokenizer."""
     import torch
-    from transformers import AutoTokenizer, T5Config, T5Model
-    d = tmp_path_factory.mktemp("tiny-t5")
+    from transformers import AutoTokenizer
+    d = tmp_path_factory.mktemp(name)
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     torch.manual_seed(0)
-    T5Model(T5Config(vocab_size=tok.vocab_size, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
-                     decoder_start_token_id=0)).save_pretrained(d)
+    build(tok.vocab_size).save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory, tiny_bert):  # noqa: F811
+    """A 2-layer T5."""
+    from transformers import T5Config, T5Model
+    return _with_bert_tokenizer(tmp_path_factory, tiny_bert, "tiny-t5", lambda v: T5Model(T5Config(
+        vocab_size=v, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2, decoder_start_token_id=0)))
 
 
 @pytest.fixture(scope="module")
 def tiny_bart(tmp_path_factory, tiny_bert):  # noqa: F811
-    """A BART (no encoder-only class in transformers: loaded whole, cut to its encoder), same tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BartConfig, BartModel
-    d = tmp_path_factory.mktemp("tiny-bart")
-    tok = AutoTokenizer.from_pretrained(tiny_bert)
-    torch.manual_seed(0)
-    BartModel(BartConfig(vocab_size=tok.vocab_size, d_model=32, encoder_layers=2, decoder_layers=1,
-                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                         decoder_ffn_dim=64, max_position_embeddings=64)).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    """A BART (no encoder-only class in transformers: loaded whole, cut to its encoder)."""
+    from transformers import BartConfig, BartModel
+    return _with_bert_tokenizer(tmp_path_factory, tiny_bert, "tiny-bart", lambda v: BartModel(BartConfig(
+        vocab_size=v, d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64)))
 
 
 def alone(model, tok, text: str, layer: int = -1):
