@@ -34,6 +34,11 @@ class InputError(EmbedstoreError, ValueError):
     """Bad user input: missing column, undecodable bytes, wrong vector dimension."""
 
 
+class SourceCutError(InputError):
+    """A stream of independent items (a tar shard) ends in a truncated or corrupt part: the items read before it
+    are whole, and ingest commits them before raising this."""
+
+
 class NotFoundError(EmbedstoreError, LookupError):
     """A dataset, item, encoder or head that is not in the store."""
 

@@ -378,7 +378,7 @@ def test_slow_encoders_commit_small_chunks(store, tiny_models):
     import embedstore.ingest.pipeline as pipeline
     sizes = []
     real = pipeline._take
-    pipeline._take = lambda it, size: (sizes.append(size), real(it, size))[1]
+    pipeline._take = lambda it, size, cut: (sizes.append(size), real(it, size, cut))[1]
     try:
         store.ingest(from_waveforms(waves, RATE), dataset="chunks", encoder=f"hf-audio:{tiny_models['w2v']}")
     finally:
@@ -397,3 +397,22 @@ def test_lower_precision_vectors_agree_with_float32(tiny_models, whisper_tiny):
         a, b = get_encoder(full + ("&" if "?" in full else "?") + "workers=0"), get_encoder(low + "&workers=0")
         assert a.fingerprint == b.fingerprint and b.dtype in ("bfloat16", "int8")
         assert cos(a.embed(clips).vectors, b.embed(clips).vectors).min() >= 0.99
+
+
+def test_a_cut_tar_keeps_the_items_before_the_cut(store, tmp_path, tiny_models):
+    """The source fails part-way: the members read before the cut are committed, then the error says so."""
+    tar = tmp_path / "clips.tar"
+    with tarfile.open(tar, "w") as tf:
+        for i in range(4):
+            data = _wav(_tone(300 + 50 * i, 0.5, RATE), RATE)
+            info = tarfile.TarInfo(f"c{i}.wav")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    whole = tar.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole[: 3 * (512 + 16_384) + 512 + 1_000])  # 1,000 bytes into the 4th member's data
+    from embedstore.errors import InputError
+    with pytest.raises(InputError, match="truncated or corrupt in c3"):
+        store.ingest(cut, dataset="cut", encoder=f"hf-audio:{tiny_models['w2v']}")
+    keys = [r[0] for r in store.sql("SELECT key FROM items WHERE dataset = 'cut' ORDER BY key").rows()]
+    assert keys == ["c0.wav", "c1.wav", "c2.wav"]

@@ -20,7 +20,7 @@ def test_bench_heads_defaults_smoke(minilm_available):
 
 def test_bench_audio_smoke():
     require_data(DATASETS / "audio" / "fsdd")
-    proc = subprocess.run([sys.executable, "benchmarks/bench_audio.py", "--smoke", "--throughput", "8"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "benchmarks/bench_audio.py", "--smoke", "--throughput", "4"], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {line[:28].strip(): line[28:].split() for line in proc.stdout.splitlines()

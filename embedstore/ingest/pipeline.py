@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from embedstore import config
 from embedstore.encoders import Encoder, get_encoder
-from embedstore.errors import InputError, resource_errors_as_clear
+from embedstore.errors import InputError, SourceCutError, resource_errors_as_clear
 from embedstore.faults import fault_point
 from embedstore.index import sync
 from embedstore.index.sync import LiveIndex
@@ -80,14 +80,22 @@ CHUNK_LIMIT = 1_000_000  # the most rows a user may put in one transaction (--ch
 CHUNK_BYTES = 256 << 20  # a chunk also ends at this much binary content (image files), to bound memory
 
 
-def _take(it: Iterator[Record], size: int) -> list[Record]:
-    """The next chunk: `size` records, or fewer once their binary content reaches CHUNK_BYTES."""
+def _take(it: Iterator[Record], size: int, cut: list[SourceCutError]) -> list[Record]:
+    """The next chunk: `size` records, or fewer once their binary content reaches CHUNK_BYTES. A stream of
+    independent items that is cut part-way (a truncated tar) ends the chunk: the whole items read before the cut
+    are returned, to be committed, and the error is put in `cut` for the caller to raise after them. Other source
+    errors (undecodable bytes in a table) leave the chunk unwritten."""
     chunk, nbytes = [], 0
-    for r in it:
-        chunk.append(r)
-        nbytes += len(r.content) if isinstance(r.content, bytes) else 0
-        if len(chunk) >= size or nbytes >= CHUNK_BYTES:
-            break
+    try:
+        for r in it:
+            chunk.append(r)
+            nbytes += len(r.content) if isinstance(r.content, bytes) else 0
+            if len(chunk) >= size or nbytes >= CHUNK_BYTES:
+                break
+    except SourceCutError as e:
+        if not chunk:
+            raise
+        cut.append(e)
     return chunk
 
 
@@ -119,7 +127,8 @@ def ingest(db: "Database", source: Any, *, dataset: str, encoder: str | Encoder,
 def _ingest(db: "Database", enc: Encoder, src: Any, dataset: str, label_column: str | None, replace: bool,
             chunk_size: int | None, progress: bool, start: float) -> IngestReport:
     it = iter(src)
-    head = _take(it, 1)  # the first row: a reader's own errors (a missing column) come before anything is written
+    cut: list[SourceCutError] = []
+    head = _take(it, 1, cut)  # the first row: a reader's own errors (a missing column) come before anything is written
     it = itertools.chain(head, it)
     catalog.require_fresh_dataset_modality(db, dataset, enc.modality)
     record = catalog.register_encoder(db, enc)
@@ -132,9 +141,12 @@ def _ingest(db: "Database", enc: Encoder, src: Any, dataset: str, label_column: 
     cap = min(CHUNK_MAX, 4 * rows_for(record.dim))  # rows per chunk: wide vectors make chunks of fewer rows
     size = chunk_size or min(enc.first_chunk, CHUNK_START, cap)
     with Progress(total=src.total, desc=f"ingest {dataset}", enabled=progress) as bar:
-        while chunk := _take(it, size):
+        while chunk := _take(it, size, cut):
             t0 = time.perf_counter()
             _ingest_chunk(db, enc, record, live, run, chunk, bar)
+            if cut:  # the source failed after these rows: they are committed, the error is the ingest's outcome
+                live.persist()
+                raise cut[0]
             if live.unsaved >= max(every, live.index.ntotal // 4):  # geometric: total writes stay O(n)
                 live.persist()
             db.yield_to_readers()

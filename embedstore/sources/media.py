@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from embedstore.errors import InputError
+from embedstore.errors import InputError, SourceCutError
 from embedstore.media.audio import AUDIO_SUFFIXES, audio_info, to_wav
 from embedstore.media.images import IMAGE_SUFFIXES, to_npy
 from embedstore.sources.records import Record, Source, TableOptions
@@ -108,7 +108,7 @@ def _tar_records(path: Path, prefix: str, source: str, modality: str) -> Iterato
                 handle = tf.extractfile(member)
                 sample[ext] = (member.name, handle.read() if handle else b"")
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as e:
-        raise InputError(f"{path}: the tar archive is truncated or corrupt after {current or 'its start'} "
+        raise SourceCutError(f"{path}: the tar archive is truncated or corrupt in {current or 'its first member'} "
                          f"({type(e).__name__}: {e}); items read before it are kept") from None
     if sample:
         yield from emit(sample)
