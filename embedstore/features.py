@@ -129,6 +129,19 @@ def features_for(db: "Database", dataset: str, encoder: str, label: str | None, 
     return load_features(db, dataset, catalog.resolve_feature_set(db, encoder, dataset), label, group)
 
 
+def texts_of(db: "Database", dataset: str, item_ids: Sequence[int]) -> list[str | None]:
+    """The items' stored text (None for images, audio), in the order of `item_ids`."""
+    import pyarrow as pa
+    with db.connect() as con:
+        con.register("_ids", pa.table({"item_id": pa.array(np.asarray(item_ids, np.int64))}))
+        try:
+            found = dict(con.execute("SELECT i.item_id, i.text FROM items i JOIN _ids USING (item_id) "
+                                     "WHERE i.dataset = ?", [dataset]).fetchall())
+        finally:
+            con.unregister("_ids")
+    return [found.get(int(i)) for i in item_ids]
+
+
 def features_of(db: "Database", dataset: str, specs: list[str], fingerprints: list[str], label: str | None
                 ) -> FeatureSet:
     """A dataset's features of exactly these encoders (by fingerprint), e.g. dev or test for a head's train."""

@@ -12,7 +12,8 @@ from embedstore.errors import InputError
 from embedstore.features import features_for, features_of
 from embedstore.validate import split_names
 from heads.estimators import MODELS, make
-from heads.select import METRICS, PRIMARY, Protocol, evaluate_splits, majority_baseline, score, scored, weakness
+from heads.select import (METRICS, PRIMARY, Protocol, evaluate_splits, majority_baseline, score, scored,
+                          split_groups, weakness)
 from heads.targets import targets
 from heads.training import LIGHTGBM_AUTO_CELLS, check_model, declared_scaling
 from embedstore.store import catalog
@@ -97,7 +98,11 @@ def compare(db: "Database", dataset: str, *, encoder: str | Sequence[str] = "", 
         keep = np.array([h in common for h in fs.content_hashes])
         order = np.argsort(np.asarray(fs.item_ids)[keep], kind="stable")
         X, yraw = fs.X[keep][order], fs.y[keep][order]
-        groups = fs.groups[keep][order] if fs.groups is not None else None
+        groups, grouped_by = split_groups(db, dataset, fs, group)
+        if groups is not None and not group and not any("inside longer rows" in n for n in notes):
+            notes.append(f"CV folds grouped by {grouped_by}: a sentence and its phrases are never scored against "
+                         "each other; give --group-column to group otherwise")
+        groups = groups[keep][order] if groups is not None else None
         y, names = targets(task, yraw, dataset, label)
         splits = Protocol(task, cv=cv, seed=seed).splits(y, groups)
         records = [catalog.resolve_encoder(db, f"fp:{fp}") for fp in fs.fingerprints]

@@ -23,7 +23,8 @@ from embedstore.validate import expect
 from heads.estimators import MODELS, make
 from heads.head import Head, load
 from heads.persist import write_head_dir
-from heads.select import METRICS, PRIMARY, Protocol, WeakHeadWarning, evaluate_splits, scored, search, weakness
+from heads.select import (METRICS, PRIMARY, Protocol, WeakHeadWarning, evaluate_splits, scored, search,
+                          split_groups, weakness)
 from heads.targets import targets
 
 if TYPE_CHECKING:
@@ -106,7 +107,8 @@ def estimator_errors_as_clear(model: str) -> Iterator[None]:
                          "range)") from None
 
 
-def _fit(model, chosen, X, y, task, splits, budget, dev, dev_dataset, unscored, search_params, protocol, fs):
+def _fit(model, chosen, X, y, task, splits, budget, dev, dev_dataset, unscored, search_params, protocol,
+         grouped_by):
     """The estimator and its score under the protocol (parameters searched first when asked). A score that also
     chose the parameters is a selection score, and says so."""
     tried: list = []
@@ -120,7 +122,7 @@ def _fit(model, chosen, X, y, task, splits, budget, dev, dev_dataset, unscored, 
         scores = {"protocol": "none (test_size=0: fitted once on all rows, not scored)"}
     else:
         scores = {**evaluate_splits(model, chosen, X, y, task, splits),
-                  "protocol": protocol.describe(fs.groups is not None)}
+                  "protocol": protocol.describe(grouped_by)}
         est = make(model, chosen).fit(X, y)
     if tried and "n" in scores:
         scores["selection"] = (f"best of {len(tried)} settings tried on these same items: a selection score, "
@@ -185,7 +187,8 @@ def fit(db: "Database", dataset: str, *, encoder: str = "", label: str = "label"
         raise InputError("a parameter search needs a score: give a hold-out fraction (test_size > 0), cv or a "
                          "dev dataset")
     protocol = Protocol(task, cv=cv, test_size=test_size, seed=seed)
-    splits = [] if unscored else protocol.splits(y, fs.groups)
+    groups, grouped_by = split_groups(db, dataset, fs, group) if not (unscored or dev_dataset) else (None, None)
+    splits = [] if unscored else protocol.splits(y, groups)
     dev = None
     if dev_dataset:
         dfs = features_of(db, dev_dataset, fs.specs, fs.fingerprints, label)
@@ -201,7 +204,7 @@ def fit(db: "Database", dataset: str, *, encoder: str = "", label: str = "label"
         params = params_for(model, dict(params or {}))
     with estimator_errors_as_clear(model):
         est, scores, tried = _fit(model, declared_scaling(model, dict(params or {}), records), X, y, task, splits,
-                                  budget, dev, dev_dataset, unscored, search_params, protocol, fs)
+                                  budget, dev, dev_dataset, unscored, search_params, protocol, grouped_by)
     if ranked:
         scores["selection"] = (f"best of {len(ranked)} heads ({', '.join(r['model'] for r in ranked)}) on these "
                                "same items: a selection score, optimistic; heads eval on a test set is the honest "

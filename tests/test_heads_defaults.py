@@ -256,3 +256,47 @@ def test_model_auto_table_is_the_compare_table(dna):
     ranked = {r["model"]: r["macro_f1"] for r in head.meta["models_ranked"]}
     rows = heads.compare(dna, "train", model=",".join(ranked), cv=3)
     assert {r["model"]: r["cv_macro_f1"] for r in rows} == pytest.approx(ranked, abs=1e-12)
+
+
+def test_overlap_groups_join_phrases_that_lie_inside_longer_rows():
+    from heads.select import overlap_groups
+    texts = ["a gorgeous witty seductive movie ever made", "gorgeous witty seductive movie", "witty seductive movie ever",
+             "Gorgeous  witty seductive MOVIE", "an entirely different sentence here", "call now to claim your prize",
+             "call now to claim a free phone", "short one", "short one", None, ""]
+    g = overlap_groups(texts)
+    assert g[0] == g[1] == g[2] == g[3]  # inside row 0 (case and spacing aside)
+    assert len({g[0], g[4], g[5], g[6]}) == 4  # sharing a run ("call now to claim") without containment: apart
+    assert len({g[7], g[8], g[9], g[10]}) == 4  # under 4 words: never joined
+    assert overlap_groups(["one two three four", "five six seven eight", "x"]) is None
+
+
+def phrase_rows(n_sentences: int, seed: int = 0) -> list[dict]:
+    """SST-2's shape: each sentence and its sub-phrases are rows of their own, labelled alike."""
+    rng = np.random.default_rng(seed)
+    words = {"pos": "good great fine warm".split(), "neg": "bad dull poor cold".split()}
+    rows = []
+    for s in range(n_sentences):
+        label = "pos" if s % 2 else "neg"
+        sentence = [f"w{s}x{j}" if j % 2 else rng.choice(words[label]) for j in range(10)]
+        for start, stop in ((0, 10), (0, 6), (3, 9), (4, 10)):
+            rows.append({"id": f"{s}-{start}", "text": " ".join(sentence[start:stop]), "label": label})
+    return rows
+
+
+def test_splits_keep_the_phrases_of_one_sentence_together(store):
+    from embedstore.features import features_for
+    from heads.select import Protocol, split_groups
+    store.ingest(phrase_rows(40), dataset="phr", encoder="hashing:64", label_column="label", progress=False)
+    fs = features_for(store, "phr", "", "label")
+    groups, by = split_groups(store, "phr", fs, None)
+    assert "inside longer rows" in by and len(np.unique(groups)) == 40
+    sentence = np.array([k.split("-")[0] for k in fs.keys])
+    for tr, te in Protocol("classification", cv=3).splits(fs.y, groups) + Protocol("classification", cv=None).splits(
+            fs.y, groups):
+        assert not set(sentence[tr]) & set(sentence[te])
+    head, scores = heads.fit(store, "phr", model="auto", name="phr-auto")
+    assert "grouped by containment" in scores["protocol"]
+    rows = heads.compare(store, "phr", model="logreg,knn", cv=3)
+    assert any("inside longer rows" in n for n in rows.notes)
+    _, refit = heads.fit(store, "phr", model=rows[0]["model"], cv=3, name="phr-refit")
+    assert refit["macro_f1"] == pytest.approx(rows[0]["cv_macro_f1"], abs=1e-12)
