@@ -1,7 +1,8 @@
-"""`embedstore`: ingest, embed, search, sql, info, check, delete, gc, encoders, index, map."""
+"""`embedstore`: ingest, embed, search, sql, info, check, delete, gc, export, import, encoders, index, map."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -115,6 +116,36 @@ def build_parser():
     gc = sub.add_parser("gc", help="delete vectors no item references and compact the database")
     add_json_arg(gc)
     add_store_arg(gc)
+
+    ex = sub.add_parser("export", help="write a dataset's vectors of one encoder as Parquet shards + manifest",
+                        description="Write the dataset's items with vectors (key, content_hash, label, text, meta, "
+                        "vector, ...) as Parquet shards of about 256 MB that DuckDB, polars, pandas or Spark read, and "
+                        "embedstore-export.json with the encoder's fingerprint record and each file's checksum. "
+                        "Streamed from the database; written to a temporary folder, then renamed. Skipped items "
+                        "(no vector) are not exported.",
+                        epilog="example:\n  embedstore export --dataset sst2 --encoder minilm ./sst2-minilm\n"
+                        "  embedstore import ./sst2-minilm --store other.store",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_argument("out", help="a new (or empty) folder")
+    ex.add_argument("--dataset", required=True)
+    ex.add_argument("--encoder", default="", help="one encoder spec (default: the dataset's only encoder)")
+    ex.add_argument("--format", default="parquet", choices=["parquet"], help="the shards' format (parquet)")
+    add_json_arg(ex)
+    add_store_arg(ex)
+
+    im = sub.add_parser("import", help="load a folder written by `embedstore export` (idempotent)",
+                        description="Load the shards of an `embedstore export` folder into a dataset, with the "
+                        "exported encoder's fingerprint: vectors bit-identical, keys, labels and metadata kept, the "
+                        "index updated, one transaction per chunk like an ingest. Checksums are verified first. "
+                        "Importing the same folder again changes nothing.",
+                        epilog="example:\n  embedstore import ./sst2-minilm --dataset sst2-copy",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    im.add_argument("folder")
+    im.add_argument("--dataset", help="the dataset to load into (default: the exported dataset's name)")
+    im.add_argument("--replace", action="store_true", help="let these keys replace items another source wrote")
+    im.add_argument("--no-progress", action="store_true")
+    add_json_arg(im)
+    add_store_arg(im)
 
     enc = sub.add_parser("encoders", help="list encoder aliases and spec schemes (--options: their options)")
     enc.add_argument("--options", metavar="SCHEME", help="the spec options one scheme takes, e.g. kmer")
@@ -322,6 +353,26 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    with open_store(args, read_only=True) as store:
+        out = store.export_parquet(args.dataset, args.out, encoder=args.encoder)
+    if args.json:
+        dump_json(out)
+    else:
+        print(f"exported {out['rows']:,} items of {out['dataset']} <- {out['encoder']['spec']} "
+              f"(fp:{out['encoder']['fingerprint'][:12]}, {out['encoder']['dim']} dims) to {args.out}: "
+              f"{len(out['files'])} Parquet file(s) + embedstore-export.json")
+    return 0
+
+
+def cmd_import(args) -> int:
+    with open_store(args, read_only=False, create=True) as store:
+        report = store.import_parquet(args.folder, dataset=args.dataset, replace=args.replace,
+                                      progress=not args.no_progress and not args.json)
+    dump_json(report.to_dict()) if args.json else print(report.summary())
+    return 0
+
+
 def cmd_encoders(args) -> int:
     from embedstore.encoders.registry import list_encoders, scheme_options
     rows = scheme_options(args.options) if args.options else list_encoders()
@@ -357,7 +408,8 @@ def cmd_map(args) -> int:
 
 
 COMMANDS = {"ingest": cmd_ingest, "embed": cmd_embed, "search": cmd_search, "sql": cmd_sql, "info": cmd_info,
-            "check": cmd_check, "delete": cmd_delete, "gc": cmd_gc, "encoders": cmd_encoders, "index": cmd_index, "map": cmd_map}
+            "check": cmd_check, "delete": cmd_delete, "gc": cmd_gc, "export": cmd_export, "import": cmd_import,
+            "encoders": cmd_encoders, "index": cmd_index, "map": cmd_map}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+from embedstore import exchange as _exchange
 from embedstore import features as _features
 from embedstore import ingest as _ingest
 from embedstore import maintenance, search as _search, sql as _sql
@@ -40,6 +41,17 @@ class Store(Database):
 
     def gc(self) -> dict:
         return maintenance.gc(self)
+
+    def export_parquet(self, dataset: str, out: str | os.PathLike, *, encoder: str = "") -> dict:
+        """The dataset's vectors of `encoder` as Parquet shards + manifest in the new folder `out`."""
+        expect(dataset, str, "dataset")
+        expect(encoder, str, "encoder")
+        return _exchange.export_parquet(self, dataset, encoder, out)
+
+    def import_parquet(self, folder: str | os.PathLike, *, dataset: str | None = None, replace: bool = False,
+                       progress: bool = True) -> "_ingest.IngestReport":
+        """Load an `export_parquet` folder (default dataset: the exported one's name); idempotent."""
+        return _exchange.import_parquet(self, folder, dataset=dataset, replace=replace, progress=progress)
 
     # -- reads -------------------------------------------------------------------------------------------------
     @resource_errors_as_clear()

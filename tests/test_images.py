@@ -500,3 +500,17 @@ def test_cifar10_slice_lite0_logreg_beats_raw_pixels(lite0, store, tmp_path):
     with threadpool_limits(1):
         raw = (LogisticRegression(max_iter=2000).fit(Xtr, ytr).predict(Xte) == np.array(yte)).mean()
     assert acc > raw + 0.1 and acc > 0.3, (acc, raw)
+
+
+def test_an_image_dataset_exports_and_imports_without_its_files(vit, photos, store, tmp_path):
+    import embedstore
+    store.ingest(photos, dataset="pets", encoder=vit, progress=False)
+    store.export_parquet("pets", tmp_path / "ex")
+    with embedstore.open(tmp_path / "other") as other:
+        report = other.import_parquet(tmp_path / "ex", progress=False)  # the photos are not there: hashes travel
+        assert (report.new_items, report.embedded) == (12, 12)
+        q = "SELECT key, content_hash, label, text FROM items ORDER BY key"
+        assert other.sql(q).rows() == store.sql(q).rows()
+        hits = other.search("pets", photos / "red" / "0.jpg", k=3)  # the query's vector: from the cache
+        assert [(h.key, h.score) for h in hits] == [(h.key, h.score) for h in store.search(
+            "pets", photos / "red" / "0.jpg", k=3)]

@@ -20,7 +20,7 @@ LAYERS = [
     ("bottom: database, catalog, layout; media decoding", r"embedstore\.(store|media)(\..*)?"),
     ("encoders", r"embedstore\.encoders(\..*)?"),
     ("sources, features, index", r"embedstore\.(sources(\..*)?|features|index(\..*)?)"),
-    ("verbs: ingest, search, sql, maintenance", r"embedstore\.(ingest(\..*)?|search|sql|maintenance)"),
+    ("verbs: ingest, search, sql, maintenance, exchange", r"embedstore\.(ingest(\..*)?|search|sql|maintenance|exchange)"),
     ("heads", r"heads(\..*)?"),
     ("the facade; test fixtures", r"embedstore\.(facade|testing)"),
     ("the package face and the CLI", r"embedstore|embedstore\.cli(\..*)?"),

@@ -119,6 +119,15 @@ def ingest(db: "Database", source: Any, *, dataset: str, encoder: str | Encoder,
                         path_column=path_column)
     enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
     src = open_source(source, opts, source_name, enc.modality)
+    return ingest_source(db, enc, src, dataset=dataset, label_column=label_column, replace=replace,
+                         chunk_size=chunk_size, progress=progress)
+
+
+def ingest_source(db: "Database", enc: Encoder, src: Any, *, dataset: str, label_column: str | None = None,
+                  replace: bool = False, chunk_size: int | None = None, progress: bool = True) -> IngestReport:
+    """`ingest` of an opened Source (records already read by a source reader, or an import's carried rows)."""
+    db.require_writable()
+    check_name(dataset)
     start = time.perf_counter()
     with db.writing():
         return _ingest(db, enc, src, dataset, label_column, replace, chunk_size, progress, start)
