@@ -3,14 +3,14 @@
   (a) sst2    real all-MiniLM-L6-v2 vectors of SST-2 train (ingested here, or reused with --store PATH, e.g.
               the store `bench_sst2.py --keep-store PATH` kept); queries are the sst2-test vectors when the
               store has them, else perturbed train vectors.
-  (b) random  N (default 1M) seeded random unit vectors of dim 384, written straight into a real store's
+  (b) random  N (default 1M) seeded random unit vectors of --dim (default 384), written straight into a real store's
               `items` and embeddings tables with Arrow; the index is then built by `store.index()`, i.e.
               embedstore.index.sync.build (choose_factory -> train -> add -> tune) and persisted, exactly as
               after an ingest. Queries: random unit vectors and perturbed stored vectors, batches of 100.
 
 Peers, measured in the same run: exact top-10 by numpy brute force (recall is tie-tolerant: a hit counts when
-its exact cosine reaches the exact 10th best), and `ORDER BY array_cosine_similarity(vector, ?::FLOAT[384])
-DESC LIMIT 10` over an in-memory DuckDB FLOAT[384] table of the same vectors (time per query).
+its exact cosine reaches the exact 10th best), and `ORDER BY array_cosine_similarity(vector, ?::FLOAT[dim])
+DESC LIMIT 10` over an in-memory DuckDB FLOAT[dim] table of the same vectors (time per query).
 """
 
 from __future__ import annotations
@@ -209,10 +209,10 @@ def fill_store(store, X: np.ndarray, dataset: str, rows_per_insert: int = 100_00
             hashes = pa.array([f"{i:032x}" for i in ids])
             con.register("_t", pa.table({"item_id": ids, "key": pa.array([f"r{i}" for i in ids]), "h": hashes,
                                          "v": pa.FixedSizeListArray.from_arrays(X[ids - 1].reshape(-1), dim)}))
-            con.execute("INSERT INTO items (item_id, dataset, key, content_hash, status) "
-                        "SELECT item_id, ?, key, h, 'ok' FROM _t", [dataset])
+            con.execute("INSERT INTO items (item_id, dataset, key, content_hash) "
+                        "SELECT item_id, ?, key, hex_hash(h) FROM _t", [dataset])
             con.execute(f"INSERT INTO {record.table} (content_hash, vector, device, dtype) "
-                        "SELECT h, v, 'cpu', 'float32' FROM _t")
+                        "SELECT hex_hash(h), v, 'cpu', 'float32' FROM _t")
             con.unregister("_t")
 
 
@@ -231,7 +231,7 @@ def random_vectors(n: int, dim: int, args) -> np.ndarray:
 
 def part_random(args, tmp: Path) -> dict:
     import embedstore
-    n, dim = args.n, 384
+    n, dim = args.n, args.dim
     X = random_vectors(n, dim, args)
     path = tmp / "random-store"
     print(f"\nwriting {n:,} random unit vectors ({args.data}) into a store ...", flush=True)
@@ -265,6 +265,7 @@ def main() -> None:
     ap.add_argument("--store", metavar="PATH", help="(a) reuse this store's sst2 minilm vectors instead of ingesting")
     ap.add_argument("--limit", type=int, help="(a) ingest only the first N SST-2 train rows (without --store)")
     ap.add_argument("--n", type=int, default=1_000_000, help="(b) number of random vectors (default 1M)")
+    ap.add_argument("--dim", type=int, default=384, help="(b) dimension of the random vectors (default 384)")
     ap.add_argument("--queries", type=int, default=1000, help="(b) queries per query set (default 1000)")
     ap.add_argument("--search-queries", type=int, default=200,
                     help="queries timed one by one through store.search (default 200)")
@@ -284,7 +285,8 @@ def main() -> None:
             figures["random"] = part_random(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    suffix = ("" if args.part == "both" else f"_{args.part}") + ("" if args.data == "uniform" else f"_{args.data}")
+    suffix = ("" if args.part == "both" else f"_{args.part}") + ("" if args.data == "uniform" else f"_{args.data}") \
+        + ("" if args.dim == 384 else f"_{args.n // 1_000_000}m_x{args.dim}")
     write_results("bench_knn" + suffix, args, figures)
 
 

@@ -297,9 +297,9 @@ def cmd_info(args) -> int:
     print(f"store {info['path']}: database {sizes['database'] / 1e6:.1f} MB, indexes {sizes['indexes'] / 1e6:.1f} MB, "
           f"heads {sizes['heads'] / 1e6:.1f} MB")
     print("\ndatasets")
-    table([{"dataset": d["name"], "modality": d["modality"], "items": d["items"], "ok": d["ok"],
-             "skipped": d["skipped"], "encoder": e.get("spec"), "fp": e.get("fingerprint"),
-             "vectors": e.get("vectors"), "index": e.get("index")}
+    table([{"dataset": d["name"], "modality": d["modality"], "items": d["items"], "encoder": e.get("spec"),
+             "fp": e.get("fingerprint"), "vectors": e.get("vectors"), "skipped": e.get("skipped"),
+             "index": e.get("index")}
            for d in info["datasets"] for e in (d["encoders"] or [{}])])
     print("\nencoders")
     table(info["encoders"])

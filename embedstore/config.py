@@ -32,9 +32,12 @@ SETTINGS: dict[str, Setting] = {
                 "during ingest, the FAISS index is persisted after this many new items (or a quarter of its size, if more)"),
         Setting("lock_wait", "EMBEDSTORE_LOCK_WAIT", "30",
                 "seconds a reader waits for the database while an ingest writes a batch"),
+        Setting("index_memory", "EMBEDSTORE_INDEX_MEMORY", "2GB",
+                "memory one IVF index may take: above it, vectors are stored as 8-bit scalars (SQ8, 4x smaller), "
+                "then as product-quantised codes (PQ) that fit"),
         Setting("duckdb_memory", "EMBEDSTORE_DUCKDB_MEMORY", "256MB",
-                "DuckDB's memory limit (its page cache; larger queries spill to <store>/embedstore.duckdb.tmp). Its "
-                "key indexes stay in memory, ~15 MB per 100k items and encoder: raise it for multi-million stores"),
+                "DuckDB's memory limit (its page cache; larger queries spill to <store>/embedstore.duckdb.tmp); "
+                "the store keeps no key index in memory, so it holds at 10M items"),
         Setting("device", "EMBEDSTORE_DEVICE", "auto",
                 "encoder device: auto (cuda when available), cpu, cuda, cuda:N"),
     ]
@@ -57,6 +60,25 @@ def number(name: str, kind: type = float, low: float = 0) -> float:
         raise InputError(f"{s.env}={raw!r}: expected {'a whole number' if kind is int else 'a number'} >= {low:g} "
                          f"({s.help}); default {s.default}")
     return value
+
+
+_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 1 << 10, "MIB": 1 << 20,
+          "GIB": 1 << 30, "TIB": 1 << 40}
+
+
+def size(name: str) -> int:
+    """A byte-size setting ("2GB", "512MiB", "1e9"), refused with a clear message when it does not parse."""
+    import re
+    raw, s = setting(name), SETTINGS[name]
+    m = re.fullmatch(r"\s*([0-9.e+]+)\s*([A-Za-z]*)\s*", raw)
+    try:
+        value = float(m.group(1)) * _UNITS[m.group(2).upper()] if m else -1
+    except (ValueError, KeyError):
+        value = -1
+    if not value > 0:
+        from embedstore.errors import InputError
+        raise InputError(f"{s.env}={raw!r}: expected a size such as 2GB or 512MB ({s.help}); default {s.default}")
+    return int(value)
 
 
 def default_store_path() -> Path:

@@ -58,9 +58,9 @@ def export_parquet(db: "Database", dataset: str, encoder: str, out: str | os.Pat
             label_column = con.execute("SELECT label_column FROM datasets WHERE name = ?", [dataset]).fetchall()
             enc_row = con.execute("SELECT fingerprint, spec, dim, modality, config, versions, unit_norm FROM encoders "
                                   "WHERE fingerprint = ?", [record.fingerprint]).fetchall()[0]
-            query = (f"SELECT i.key, i.content_hash, i.label, i.text, i.meta::VARCHAR AS meta, e.vector, e.n_tokens, "
+            query = (f"SELECT i.key, hash_hex(i.content_hash) AS content_hash, i.label, i.text, i.meta::VARCHAR AS meta, e.vector, e.n_tokens, "
                      f"e.truncated, e.device, e.dtype FROM items i JOIN {record.table} e USING (content_hash) "
-                     "WHERE i.dataset = ? AND i.status = 'ok' ORDER BY i.item_id")
+                     "WHERE i.dataset = ? ORDER BY i.item_id")
             files = _write_shards(arrow_batches(con, query, [dataset], rows_for(record.dim)), tmp,
                                   max(1, SHARD_BYTES // (4 * record.dim + 200)))
         fp, spec, dim, modality, config, versions, unit_norm = enc_row

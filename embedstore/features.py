@@ -21,13 +21,14 @@ if TYPE_CHECKING:
     from embedstore.store.database import Database
 
 
-ITEM_COLUMNS = ("item_id", "dataset", "key", "content_hash", "text", "source", "label", "status", "reason",
-                "updated")
+ITEM_COLUMNS = ("item_id", "dataset", "key", "content_hash", "text", "source", "label", "updated")
 
 
 def column_expr(name: str, label_column: str | None = None) -> tuple[str, list]:
     """SQL for an item column: `label` is the ingest's --label-column, which may also be called by its own name
     (`label_column`); other names are read from the item's metadata (the source's remaining columns)."""
+    if name == "content_hash":
+        return "hash_hex(i.content_hash)", []
     if name in ITEM_COLUMNS:
         return f"i.{name}", []
     if label_column and name == label_column:
@@ -53,10 +54,10 @@ def label_column(con: "duckdb.DuckDBPyConnection", dataset: str) -> str | None:
 def iter_vectors(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord",
                  where: str = "", params: Sequence = (), batch_rows: int | None = None
                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(item_ids, vectors) batches of the dataset's ok items that have a vector of `record`, in no particular
+    """(item_ids, vectors) batches of the dataset's items that have a vector of `record`, in no particular
     order (sorting would make DuckDB sort the vectors too)."""
     sql = (f"SELECT i.item_id, e.vector FROM items i JOIN {record.table} e ON e.content_hash = i.content_hash "
-           f"WHERE i.dataset = ? AND i.status = 'ok' {where}")
+           f"WHERE i.dataset = ? {where}")
     for batch in arrow_batches(con, sql, [dataset, *params], batch_rows or rows_for(record.dim)):
         yield (batch.column(0).to_numpy().astype(np.int64, copy=False),
                vector_block(batch.column(1), record.dim))
@@ -78,16 +79,16 @@ class FeatureSet:
 
 def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], label: str | None,
                   group: str | None = None) -> FeatureSet:
-    """Rows: ok items with vectors of every record (concatenated in order) and, if `label`, a label."""
+    """Rows: items with vectors of every record (concatenated in order) and, if `label`, a label."""
     catalog.require_dataset(db, dataset)
     joins = " ".join(f"JOIN {r.table} e{j} ON e{j}.content_hash = i.content_hash" for j, r in enumerate(records))
-    base = f"FROM items i {joins} WHERE i.dataset = ? AND i.status = 'ok'"
+    base = f"FROM items i {joins} WHERE i.dataset = ?"
     with db.connect() as con:
         named = label_column(con, dataset)
         lab, lparams = column_expr(label, named) if label else ("NULL", [])
         grp, gparams = column_expr(group, named) if group else ("NULL", [])
         filt, fparams = (f" AND {lab} IS NOT NULL", lparams) if label else ("", [])
-        n_ok = scalar(con, "SELECT count(*) FROM items WHERE dataset=? AND status='ok'", [dataset])
+        n_ok = scalar(con, "SELECT count(*) FROM items WHERE dataset=?", [dataset])
         n_vec = scalar(con, f"SELECT count(*) {base}", [dataset])
         n = scalar(con, f"SELECT count(*) {base}{filt}", [dataset, *fparams])
         if n == 0:
@@ -96,11 +97,11 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
                 ". If that is the column its labels were ingested from, say --label label (this dataset was "
                 "ingested before embedstore recorded label column names), or re-ingest it")
             raise NotFoundError(f"dataset {dataset!r} has no items {what}with vectors of "
-                                f"{'+'.join(r.spec for r in records)} ({n_ok} ok items, {n_vec} with vectors){hint}")
+                                f"{'+'.join(r.spec for r in records)} ({n_ok} items, {n_vec} with vectors){hint}")
         dims = [r.dim for r in records]
         # the items' small columns in item-id order, then each encoder's vectors streamed (the plain join of
         # iter_vectors, which DuckDB runs in bounded memory even for wide vectors) into their rows in place
-        rows = con.execute(f"SELECT i.item_id, i.key, i.content_hash, {lab} AS y, {grp} AS g {base}{filt} "
+        rows = con.execute(f"SELECT i.item_id, i.key, hash_hex(i.content_hash), {lab} AS y, {grp} AS g {base}{filt} "
                            "ORDER BY i.item_id", [*lparams, *gparams, dataset, *fparams]).fetchall()
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         keys, hashes, ys, gs = ([r[c] for r in rows] for c in (1, 2, 3, 4))

@@ -31,10 +31,8 @@ def info(db: "Database") -> dict:
     with db.connect() as con:
         for name, modality, created in con.execute(
                 "SELECT name, modality, created FROM datasets ORDER BY name").fetchall():
-            counts = dict(con.execute("SELECT status, count(*) FROM items WHERE dataset=? GROUP BY status",
-                                      [name]).fetchall())
-            ds = {"name": name, "modality": modality, "created": str(created), "items": sum(counts.values()),
-                  "ok": counts.get("ok", 0), "skipped": counts.get("skipped", 0), "encoders": []}
+            n_items = scalar(con, "SELECT count(*) FROM items WHERE dataset=?", [name])
+            ds = {"name": name, "modality": modality, "created": str(created), "items": n_items, "encoders": []}
             for rec in catalog.encoder_records(db, name):
                 state = sync.db_state(con, name, rec)
                 side = db.index_path(name, rec)
@@ -44,10 +42,16 @@ def info(db: "Database") -> dict:
                         meta = json.loads(side.read_text())
                         fresh = "up to date" if meta.get("state") == state else "stale (caught up on next use)"
                         index = f"{meta.get('factory')}, {meta.get('count'):,} vectors, {fresh}"
+                        params = meta.get("params") or {}
+                        if "tuned_recall_at_10" in params:
+                            index += (f", recall@10 {params['tuned_recall_at_10']:.3f} at nprobe {params['nprobe']}"
+                                      f", {params.get('bytes_per_vector', '?')} B/vector")
                     except (ValueError, TypeError, AttributeError):
                         index = "unreadable sidecar (rebuilt on next use)"
+                skipped = scalar(con, "SELECT count(*) FROM skips s JOIN items i USING (item_id) "
+                                      "WHERE i.dataset = ? AND s.fingerprint = ?", [name, rec.fingerprint])
                 ds["encoders"].append({"spec": rec.spec, "fingerprint": rec.short, "dim": rec.dim,
-                                       "vectors": state["count"], "index": index})
+                                       "vectors": state["count"], "skipped": skipped, "index": index})
             out["datasets"].append(ds)
         for fp, spec, dim, table in con.execute(
                 "SELECT fingerprint, spec, dim, table_name FROM encoders ORDER BY created").fetchall():
@@ -128,6 +132,8 @@ def _delete_dataset(db: "Database", name: str) -> dict:
         if not scalar(con, "SELECT count(*) FROM datasets WHERE name=?", [name]):
             raise NotFoundError(f"no dataset {name!r}; datasets: {catalog.dataset_names(db) or 'none'}")
         n = scalar(con, "SELECT count(*) FROM items WHERE dataset=?", [name])
+        con.execute("DELETE FROM skips WHERE item_id IN (SELECT item_id FROM items WHERE dataset=?)", [name])
+        con.execute("DELETE FROM source_states WHERE dataset=?", [name])
         con.execute("DELETE FROM items WHERE dataset=?", [name])
         con.execute("DELETE FROM dataset_encoders WHERE dataset=?", [name])
         con.execute("DELETE FROM datasets WHERE name=?", [name])

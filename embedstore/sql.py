@@ -129,8 +129,8 @@ def run_sql(db: "Database", query: str, params: Sequence | None = None, allow_wr
             raise InputError(f"SQL failed: {str(e).splitlines()[0]}; SQL reaches no file unless asked: pass "
                              "--allow-files (Python: embedstore.open(path, files=True))") from None
         except duckdb.Error as e:
-            raise InputError(f"SQL failed: {e}. Tables: items, datasets, encoders, heads, the embeddings view "
-                             "and emb_<fingerprint16> tables (`embedstore sql \"SHOW TABLES\"`)") from None
+            raise InputError(f"SQL failed: {e}. Tables: items, skips, datasets, encoders, heads, "
+                             "emb_<fingerprint16>; views embeddings, item_status (`embedstore sql \"SHOW TABLES\"`)") from None
         return pa.table({"result": [str(r) for r in rows]})
 
 

@@ -63,7 +63,7 @@ def zero_shot(db: "Database", dataset: str, labels: Sequence[str], *, encoder: s
     if label:
         with db.connect() as con:
             expr, params = column_expr(label, label_column(con, dataset))
-            truth = dict(con.execute(f"SELECT i.key, {expr} FROM items i WHERE i.dataset = ? AND i.status = 'ok' "
+            truth = dict(con.execute(f"SELECT i.key, {expr} FROM items i WHERE i.dataset = ? "
                                      f"AND {expr} IS NOT NULL", [*params, dataset, *params]).fetchall())
         y = [truth.get(k) for k in fs.keys]
         known = np.array([v in labels for v in y], dtype=bool)

@@ -219,7 +219,7 @@ def test_folder_tar_table_and_arrays_ingest_with_labels_and_metadata(store, tmp_
     assert rep.embedded == 4 and sum(rep.skipped.values()) == 1 and "not a readable audio file" in \
         next(iter(rep.skipped)) and any("ignored 1" in n for n in rep.notes)
     rows = store.sql("SELECT key, label, meta->>'sample_rate' AS sr, meta->>'channels' AS ch, "
-                     "meta->>'duration' AS dur FROM items WHERE dataset = 'folder' AND status = 'ok' ORDER BY key")
+                     "meta->>'duration' AS dur FROM item_status WHERE dataset = 'folder' AND status = 'ok' ORDER BY key")
     assert rows.rows() == [
         ("high/0.wav", "high", "8000", "2", "0.4"), ("high/1.wav", "high", "8000", "2", "0.4"),
         ("low/0.wav", "low", "8000", "2", "0.4"), ("low/1.wav", "low", "8000", "2", "0.4")]

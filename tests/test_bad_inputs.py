@@ -45,7 +45,7 @@ def no_hang():
 
 def items(store, dataset: str) -> dict[str, tuple]:
     return {k: (s if r is None else f"{s}: {r}", t) for k, s, r, t in store.sql(
-        "SELECT key, status, reason, text FROM items WHERE dataset = ? ORDER BY key", [dataset]).rows()}
+        "SELECT key, status, reason, text FROM item_status WHERE dataset = ? ORDER BY key", [dataset]).rows()}
 
 
 def assert_all_vectors_finite(store) -> None:

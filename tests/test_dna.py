@@ -30,7 +30,7 @@ GUE = DATASETS / "dna" / "gue"
 
 def items(store, dataset):
     return {r["key"]: r for r in store.sql(
-        f"SELECT key, text, label, meta, status, reason FROM items WHERE dataset = '{dataset}'").to_dicts()}
+        f"SELECT key, text, label, meta, status, reason FROM item_status WHERE dataset = '{dataset}'").to_dicts()}
 
 
 # -- alphabet ------------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def test_round_trip_keeps_vectors_bit_identical_and_the_fingerprint(source, tmp_
         assert k1 == k2 and h1 == h2 and np.array_equal(x1.view(np.uint32), x2.view(np.uint32))
         enc = "SELECT fingerprint, spec, dim, config, unit_norm FROM encoders"
         assert other.sql(enc).rows() == source.sql(enc).rows()
-        items = "SELECT key, label, text, meta FROM items WHERE status = 'ok' ORDER BY key"
+        items = "SELECT key, label, text, meta FROM item_status WHERE status = 'ok' ORDER BY key"
         assert other.sql(items).rows() == source.sql(items).rows()
         q = "sentence 7 about cats and 5 more"
         assert [(h.key, h.score) for h in other.search("t", q, k=5)] == \

@@ -22,7 +22,7 @@ ENC = "hashing:32"
 
 def statuses(store, dataset: str) -> dict:
     return {r["status"]: r["n"] for r in store.sql(
-        f"SELECT status, count(*) AS n FROM items WHERE dataset = '{dataset}' GROUP BY status").to_dicts()}
+        f"SELECT status, count(*) AS n FROM item_status WHERE dataset = '{dataset}' GROUP BY status").to_dicts()}
 
 
 # 1 ----------------------------------------------------------------------------------------------------------------
@@ -37,14 +37,14 @@ def test_a_lone_surrogate_is_a_recorded_skip_and_never_blocks_the_ingest(store, 
     for _ in range(2):
         store.ingest(f, dataset="d", encoder=encoder, id_column="id", progress=False)
         assert sum(statuses(store, "d").values()) == 5000
-    bad = store.sql("SELECT key, status, reason, text FROM items WHERE key = 'r3000'").to_dicts()[0]
+    bad = store.sql("SELECT key, status, reason, text FROM item_status WHERE key = 'r3000'").to_dicts()[0]
     assert bad["status"] == "skipped" and "unpaired surrogate" in bad["reason"] and "\\ud800" in bad["text"]
 
 
 def test_surrogates_in_keys_labels_and_metadata_are_stored_escaped(store):
     r = store.ingest([{"text": "fine text", "id": "k\udfff", "label": "l\ud800", "note": "m\udc00"}], dataset="d",
                      encoder=ENC, id_column="id", label_column="label", progress=False)
-    row = store.sql("SELECT key, label, meta, status FROM items").to_dicts()[0]
+    row = store.sql("SELECT key, label, meta, status FROM item_status").to_dicts()[0]
     assert r.escaped == 1 and row["status"] == "ok" and row["key"] == "k\\udfff" and row["label"] == "l\\ud800"
     assert json.loads(row["meta"])["note"] == "m\\udc00"
 
@@ -256,7 +256,7 @@ def test_binary_columns_duplicate_headers_empty_ids_and_zero_vectors(store, tmp_
     pq.write_table(pa.table({"text": pa.array([b"plain words here", b"\xff\xfe binary"], pa.binary()),
                              "extra": pa.array([b"\x00\x01", b"ok"], pa.binary())}), tmp_path / "b.parquet")
     r = store.ingest(tmp_path / "b.parquet", dataset="b", encoder=ENC, progress=False)
-    rows = {x["key"]: x for x in store.sql("SELECT key, text, status, reason, meta FROM items "
+    rows = {x["key"]: x for x in store.sql("SELECT key, text, status, reason, meta FROM item_status "
                                            "WHERE dataset='b'").to_dicts()}
     assert rows["b.parquet:1"]["text"] == "plain words here" and rows["b.parquet:1"]["status"] == "ok"
     assert rows["b.parquet:2"]["status"] == "skipped" and "not UTF-8 text" in rows["b.parquet:2"]["reason"]
@@ -269,7 +269,7 @@ def test_binary_columns_duplicate_headers_empty_ids_and_zero_vectors(store, tmp_
               header=("text", "id"))
     store.ingest(tmp_path / "ids.tsv", dataset="ids", encoder=ENC, id_column="id", progress=False)
     keys = {x["key"]: (x["status"], x["text"]) for x in
-            store.sql("SELECT key, status, text FROM items WHERE dataset='ids'").to_dicts()}
+            store.sql("SELECT key, status, text FROM item_status WHERE dataset='ids'").to_dicts()}
     assert keys["a.tsv:2"] == ("ok", "first words") and keys["x"] == ("ok", "third words")
     assert keys["ids.tsv:2#no-id"][0] == "skipped"  # an empty id never falls back onto another row's key
     z = store.ingest(["\x00\x00\x00", "!!! ???", "real words"], dataset="z", encoder=ENC, progress=False)

@@ -293,7 +293,7 @@ def test_bad_files_in_a_folder_are_skipped_with_reasons(vit, store, tmp_path):
         (folder / name).write_bytes(data)
     report = store.ingest(folder, dataset="bad", encoder=vit, progress=False)
     assert report.embedded == 6 and sum(report.skipped.values()) == 4
-    rows = dict(store.sql("SELECT key, reason FROM items WHERE dataset='bad' AND status='skipped'").rows())
+    rows = dict(store.sql("SELECT key, reason FROM item_status WHERE dataset='bad' AND status='skipped'").rows())
     assert sorted(rows) == ["bomb.png", "text.jpg", "truncated.jpg", "zero.jpg"]
     assert "truncated" in rows["truncated.jpg"] and "decompression bomb" in rows["bomb.png"]
     with pytest.raises(InputError, match="not an image"):

@@ -116,7 +116,7 @@ def test_ivf_that_does_not_pay_falls_back_to_exact(store, monkeypatch):
     rng = np.random.default_rng(0)
     from embedstore.index.sync import build
     rec = store.register_encoder(embedstore.encoders.get_encoder("hashing:32"))
-    rows = [{"text": " ".join(map(str, rng.integers(0, 10**6, 6)))} for _ in range(4000)]
+    rows = [{"text": " ".join(map(str, rng.integers(0, 10**6, 40)))} for _ in range(4000)]  # no ties
     store.ingest(rows, dataset="u", encoder="hashing:32", progress=False)
     with store.connect() as con:
         index = build(con, "u", rec, 4000)

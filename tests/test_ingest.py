@@ -15,7 +15,7 @@ ENC = "hashing:64"
 
 
 def items(store, dataset):
-    return store.sql(f"SELECT key, text, label, status, reason FROM items WHERE dataset='{dataset}' ORDER BY key"
+    return store.sql(f"SELECT key, text, label, status, reason FROM item_status WHERE dataset='{dataset}' ORDER BY key"
                      ).to_dicts()
 
 

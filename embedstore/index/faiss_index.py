@@ -13,6 +13,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Iterable
 
 import faiss
 import numpy as np
@@ -26,12 +27,50 @@ SIDECAR_VERSION = 2  # 2: the sidecar checksums its own fields
 TARGET_RECALL = 0.97  # nprobe is raised until held-out recall@10 reaches this on a sample
 
 
-def choose_factory(n: int) -> str:
-    """Exact search up to `exact_index_max` vectors; above it IVF with ~4*sqrt(n) lists (power of two)."""
+NLIST_MAX = 4096      # k-means of more lists costs minutes per build on a few cores; 10M / 4096 = 2.4k per list
+ID_BYTES = 8          # an IVF list stores each vector's int64 id beside its code
+
+
+def code_bytes(factory: str, dim: int) -> int:
+    """Bytes per vector of a factory's codes (without ids): Flat 4*dim, SQ8 dim, PQm m."""
+    kind = factory.split(",")[-1]
+    return 4 * dim if kind == "Flat" else dim if kind == "SQ8" else int(kind[2:].split("x")[0])
+
+
+def choose_factory(n: int, dim: int) -> str:
+    """The index for n vectors of dim (autofaiss-style, from n, dim and EMBEDSTORE_INDEX_MEMORY alone):
+    exact search up to `exact_index_max` vectors; above it IVF with ~4*sqrt(n) lists (a power of two, at most
+    NLIST_MAX), whose vectors are stored Flat (float32) when they fit the memory budget, else SQ8 (one byte per
+    dimension, recall close to Flat), else PQ with the most one-byte sub-quantisers that fit (m divides dim)."""
     if n <= config.number("exact_index_max", int):
         return "IDMap2,Flat"
-    nlist = 2 ** max(6, round(math.log2(4 * math.sqrt(n))))
-    return f"IVF{nlist},Flat"
+    nlist = 2 ** min(round(math.log2(NLIST_MAX)), max(6, round(math.log2(4 * math.sqrt(n)))))
+    budget = config.size("index_memory") / max(n, 1) - ID_BYTES  # bytes per vector left for its code
+    if budget >= 4 * dim:
+        return f"IVF{nlist},Flat"
+    if budget >= dim:
+        return f"IVF{nlist},SQ8"
+    fits = [m for m in range(1, dim + 1) if dim % m == 0 and m <= budget]
+    return f"IVF{nlist},PQ{max(fits) if fits else 1}x8"
+
+
+def exact_neighbours(queries: np.ndarray, query_ids: np.ndarray, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                     k: int = 10, keep: int = 40) -> list[set]:
+    """Each query's true k nearest (cosine) ids among the streamed (ids, vectors) batches, its own id excluded,
+    computed by brute force one batch at a time: the ground truth recall is measured against. Ids tied with
+    the k-th score (duplicate contents) are all in the set, so that any of them counts as found."""
+    q = _normalized(queries)
+    keep = max(keep, k)
+    best_s = np.full((len(q), keep), -np.inf, dtype=np.float32)
+    best_i = np.full((len(q), keep), -1, dtype=np.int64)
+    for ids, x in batches:
+        s = q @ _normalized(x).T
+        s[ids[None, :] == np.asarray(query_ids)[:, None]] = -np.inf
+        cand_s, cand_i = np.hstack([best_s, s]), np.hstack([best_i, np.broadcast_to(ids, s.shape)])
+        top = np.argpartition(-cand_s, keep - 1, axis=1)[:, :keep]
+        best_s, best_i = np.take_along_axis(cand_s, top, 1), np.take_along_axis(cand_i, top, 1)
+    kth = -np.partition(-best_s, k - 1, axis=1)[:, k - 1:k]
+    return [set(i[(sc >= t - 1e-5) & (i >= 0)].tolist()) for i, sc, t in zip(best_i, best_s, kth)]
 
 
 def _meta_digest(meta: dict) -> str:
@@ -107,10 +146,13 @@ class VectorIndex:
         scores, ids = self.index.search(q, k, params=params)
         return scores, ids
 
-    def tune(self, sample: np.ndarray, sample_ids: np.ndarray, k: int = 10, target: float = TARGET_RECALL) -> None:
-        """IVF only: the smallest power-of-two nprobe whose recall@k reaches `target` for stored vectors used as
-        held-out queries (each query's own id is dropped from both result lists, so that a query is not found
-        trivially in its own cell: it then stands for a new item from the same distribution)."""
+    def tune(self, sample: np.ndarray, sample_ids: np.ndarray, exact: list[set], k: int = 10,
+             target: float = TARGET_RECALL) -> None:
+        """IVF only: the smallest power-of-two nprobe whose recall@k against `exact` (the true neighbours of each
+        query among the indexed vectors, from `exact_neighbours`) reaches `target`, for stored vectors used as
+        held-out queries (each query's own id is dropped, so that a query is not found trivially in its own
+        cell: it then stands for a new item from the same distribution). Quantised codes (SQ8, PQ) may never
+        reach it: the recall at the largest nprobe is then what is recorded."""
         if not self.factory.startswith("IVF"):
             return
         nlist = self.index.nlist
@@ -119,13 +161,13 @@ class VectorIndex:
             _, ids = self.search(sample, k + 1, nprobe=nprobe)
             return [set([i for i in row if i != own][:k]) for row, own in zip(ids, sample_ids)]
 
-        exact = neighbours(nlist)
-        nprobe, recall = 1, 0.0
+        quantised = not self.factory.endswith(",Flat")
+        nprobe, recall, before = 1, 0.0, -1.0
         while True:
-            recall = float(np.mean([len(a & b) / k for a, b in zip(exact, neighbours(nprobe))]))
-            if recall >= target or nprobe >= nlist:
-                break
-            nprobe = min(nprobe * 2, nlist)
+            recall = float(np.mean([min(len(a & b), k) / k for a, b in zip(exact, neighbours(nprobe))]))
+            if recall >= target or nprobe >= nlist or (quantised and recall - before < 0.005):
+                break  # reached; or every list; or the codes, not nprobe, limit recall (it stopped rising)
+            before, nprobe = recall, min(nprobe * 2, nlist)
         self.params.update(nprobe=nprobe, tuned_recall_at_10=round(recall, 4), tuned_queries=len(sample))
 
     # -- persistence ---------------------------------------------------------------------------------------

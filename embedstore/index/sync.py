@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from embedstore import config
 from embedstore.errors import CorruptFileError, StoreLockedError, resource_errors_as_clear
-from embedstore.index.faiss_index import VectorIndex, choose_factory
+from embedstore.index.faiss_index import ID_BYTES, VectorIndex, choose_factory, code_bytes, exact_neighbours
 from embedstore.features import iter_vectors
 from embedstore.store.queries import first
 
@@ -35,7 +36,7 @@ def db_state(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRec
     n, xor, top = first(
         con, f"SELECT count(*), coalesce(bit_xor(hash(i.item_id)), 0)::VARCHAR, coalesce(max(i.item_id), 0) "
         f"FROM items i JOIN {record.table} e ON e.content_hash = i.content_hash "
-        f"WHERE i.dataset = ? AND i.status = 'ok' {extra}", [dataset, *args])
+        f"WHERE i.dataset = ? {extra}", [dataset, *args])
     return {"count": int(n), "xor": xor, "max_id": int(top)}
 
 
@@ -78,16 +79,19 @@ class LiveIndex:
                                 self.dataset, self.record.short, self.index.ntotal, state["count"])
                 self.index = None  # free the old index before its replacement is built from the database
                 self.index = build(con, self.dataset, self.record, state["count"], reserve=self.expected)
+            self.state, self.signature = state, signature(con, self.record)  # it mirrors the writer's own writes
         self.index.save(self.db.index_path(self.dataset, self.record), state)
         self.dirty, self.unsaved = False, 0
 
 
 def _outgrown(index: VectorIndex, n: int) -> bool:
-    wanted = choose_factory(n)
+    wanted = choose_factory(n, index.dim)
     if "ivf_rejected_at" in index.params and n <= 4 * index.params["ivf_rejected_at"]:
         return False  # IVF was tried on this data and did not pay; exact stays until the data grows 4x
     if wanted.startswith("IVF") != index.factory.startswith("IVF"):
         return True
+    if wanted.split(",")[-1] != index.factory.split(",")[-1] and index.factory.startswith("IVF"):
+        return True  # the codes no longer fit the memory budget (or fit uncompressed again)
     return index.factory.startswith("IVF") and n > 4 * index.params.get("trained_on", n)
 
 
@@ -106,31 +110,36 @@ def build(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord
     """A fresh index over everything DuckDB holds for (dataset, encoder).
 
     IVF is first trained and tuned on a sample alone: data without cluster structure (e.g. uniform random),
-    where IVF would have to scan over a quarter of its lists for the target recall, gets exact search instead,
-    before memory is spent on a full IVF."""
-    index = VectorIndex.create(record.dim, choose_factory(n))
+    where IVF would have to scan over a quarter of its lists for the target recall, gets exact search instead
+    (when exact search fits EMBEDSTORE_INDEX_MEMORY), before memory is spent on a full IVF. The choice, its
+    inputs and the recall measured against brute force over every stored vector are kept in `params`."""
+    factory = choose_factory(n, record.dim)
+    index = VectorIndex.create(record.dim, factory)
+    budget = config.size("index_memory")
     if index.needs_training:
+        index.params.update(chosen_for={"n": n, "dim": record.dim, "index_memory": budget},
+                            bytes_per_vector=code_bytes(factory, record.dim) + ID_BYTES)
         ids, x = _hash_sample(con, dataset, record, n, index.index.nlist * TRAIN_PER_LIST)
         index.train(x)
         index.add(ids, x)
         held = np.sort(np.random.default_rng(0).choice(len(ids), size=min(TUNE_QUERIES, len(ids)), replace=False))
-        index.tune(x[held], ids[held])
+        index.tune(x[held], ids[held], exact_neighbours(x[held], ids[held], [(ids, x)]))
         nlist, nprobe = index.index.nlist, index.params["nprobe"]
-        if nprobe > nlist // 4:
+        if nprobe > nlist // 4 and n * (code_bytes("Flat", record.dim) + ID_BYTES) <= budget:
             log.info("IVF needed nprobe %d of %d lists on a sample of %s; using exact search", nprobe, nlist,
                      dataset)
             index = VectorIndex.create(record.dim, "IDMap2,Flat")
             index.params.update(ivf_rejected_at=n, ivf_rejected=f"nprobe {nprobe} of {nlist} lists needed")
         else:
             index.remove(ids)
-            index.params["trained_on"] = n
+            index.params.update(trained_on=n, trained_with=len(ids))
         del ids, x, held  # the training sample scales with nlist: free it before the full index is allocated
     index.reserve(max(n, reserve))
     for ids, x in iter_vectors(con, dataset, record):
         index.add(ids, x)
     if index.factory.startswith("IVF") and n:
         ids, x = _hash_sample(con, dataset, record, n, TUNE_QUERIES)
-        index.tune(x, ids)
+        index.tune(x, ids, exact_neighbours(x, ids, iter_vectors(con, dataset, record)))
     return index
 
 

@@ -1,5 +1,6 @@
 """Ingest: sources -> hashes -> cache -> encoder -> one transaction per chunk -> index (pipeline.py); the cache
-every read path shares (cache.py); the progress bar (progress.py)."""
+every read path shares (cache.py); the no-op re-ingest of an unchanged file (unchanged.py); the progress bar
+(progress.py)."""
 
 from embedstore.ingest.cache import check_fingerprint, embed_cached, encode
 from embedstore.ingest.pipeline import IngestReport, ingest

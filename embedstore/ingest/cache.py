@@ -64,14 +64,14 @@ def lookup(con: "duckdb.DuckDBPyConnection", record: "EncoderRecord", hashes: li
     trunc_of: dict = {}
     con.register("_lookup", pa.table({"h": pa.array(hashes, pa.string())}))
     try:  # which hashes are there (their column alone), then their vectors in batches of bounded bytes
-        found = [r[0] for r in con.execute(f"SELECT content_hash FROM {record.table} "
-                                           "WHERE content_hash IN (SELECT h FROM _lookup)").fetchall()]
+        found = [r[0] for r in con.execute(f"SELECT hash_hex(content_hash) FROM {record.table} "
+                                           "WHERE content_hash IN (SELECT hex_hash(h) FROM _lookup)").fetchall()]
         con.unregister("_lookup")
         if not found:
             return vec_of, trunc_of
         con.register("_lookup", pa.table({"h": pa.array(found, pa.string())}))
-        for batch in arrow_batches(con, f"SELECT e.content_hash, e.vector, e.truncated FROM {record.table} e "
-                                        "WHERE e.content_hash IN (SELECT h FROM _lookup)", (), rows_for(record.dim)):
+        for batch in arrow_batches(con, f"SELECT hash_hex(e.content_hash), e.vector, e.truncated FROM {record.table} e "
+                                        "WHERE e.content_hash IN (SELECT hex_hash(h) FROM _lookup)", (), rows_for(record.dim)):
             found = batch.column(0).to_pylist()
             vecs = vector_block(batch.column(1), record.dim)
             vec_of.update(zip(found, vecs))
@@ -83,12 +83,11 @@ def lookup(con: "duckdb.DuckDBPyConnection", record: "EncoderRecord", hashes: li
 
 def insert(con: "duckdb.DuckDBPyConnection", record: "EncoderRecord", rows: pa.Table) -> None:
     """Plain INSERT (inside the caller's transaction): the rows were looked up as missing under the writer lock,
-    so none can exist (the primary key still guards it). DuckDB 2's ON CONFLICT path needs far more memory for
-    wide vectors."""
+    so none can exist (the table has no key index: see store/schema.py)."""
     if rows.num_rows:
         con.register("_emb", rows)
         con.execute(f"INSERT INTO {record.table} (content_hash, vector, n_tokens, truncated, device, dtype) "
-                    "SELECT * FROM _emb")
+                    "SELECT hex_hash(content_hash), vector, n_tokens, truncated, device, dtype FROM _emb")
         con.unregister("_emb")
 
 

@@ -7,6 +7,7 @@ twice. The DuckDB connection is closed while the encoder runs, so read-only open
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
@@ -23,6 +24,7 @@ from embedstore.errors import InputError, SourceCutError, resource_errors_as_cle
 from embedstore.faults import fault_point
 from embedstore.index import sync
 from embedstore.index.sync import LiveIndex
+from embedstore.ingest import unchanged
 from embedstore.ingest.cache import NON_FINITE, embed_cached, insert
 from embedstore.ingest.progress import Progress
 from embedstore.sources import Record, TableOptions, open_source
@@ -118,9 +120,31 @@ def ingest(db: "Database", source: Any, *, dataset: str, encoder: str | Encoder,
     opts = TableOptions(text_column, label_column, id_column, sep, quoting, header, columns, encoding, format,
                         path_column=path_column)
     enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
-    src = open_source(source, opts, source_name, enc.modality)
-    return ingest_source(db, enc, src, dataset=dataset, label_column=label_column, replace=replace,
-                         chunk_size=chunk_size, progress=progress)
+    start = time.perf_counter()
+    identity = unchanged.file_identity(source, opts, {"source_name": source_name, "modality": enc.modality})
+    with db.writing():
+        if identity and (before := unchanged.recorded(db, enc, dataset, identity)) is not None:
+            return _unchanged_report(before, time.perf_counter() - start)
+        src = open_source(source, opts, source_name, enc.modality)
+        report = ingest_source(db, enc, src, dataset=dataset, label_column=label_column, replace=replace,
+                               chunk_size=chunk_size, progress=progress)
+        if identity:
+            unchanged.remember(db, enc, dataset, identity, report)
+    return report
+
+
+def _unchanged_report(before: dict, seconds: float) -> IngestReport:
+    """What re-ingesting an unchanged file into an unchanged dataset amounts to: every item unchanged, every
+    vector cached, the same skips and repeats as the ingest that made it so."""
+    r = IngestReport(**{k: before[k] for k in ("dataset", "encoder", "fingerprint", "rows", "skipped", "truncated",
+                                               "duplicate_keys", "escaped")})
+    r.unchanged_items = before["new_items"] + before["updated_items"] + before["unchanged_items"]
+    r.cached = before["embedded"] + before["cached"]
+    r.seconds = seconds
+    r.index = before["index"].split(" (")[0] + " (unchanged)"
+    r.notes = ["the file and the dataset are as the last ingest of this file with this encoder left them (same "
+               "sha256 and read options): nothing was re-read"]
+    return r
 
 
 def ingest_source(db: "Database", enc: Encoder, src: Any, *, dataset: str, label_column: str | None = None,
@@ -187,7 +211,36 @@ class _Run:
     replace: bool                 # items of the same keys from another source file may be replaced
     report: IngestReport
     skipped: Counter = field(default_factory=Counter)
-    seen: set = field(default_factory=set)   # keys read so far: a repeated key keeps its first row
+    seen: "SeenKeys" = field(default_factory=lambda: SeenKeys())  # keys read so far: a repeat keeps its first row
+
+
+class SeenKeys:
+    """The keys one ingest has read, as sorted 8-byte digests in a few blocks (merged as they grow, so adding
+    stays O(n log n) in all): 8 bytes a key, where a Python set of 10M keys takes about 1 GB. A digest match is
+    a repeat only when the dataset holds the key (its first row was written by an earlier chunk), so a 64-bit
+    collision cannot drop a new key."""
+
+    def __init__(self) -> None:
+        self.blocks: list[np.ndarray] = []
+
+    @staticmethod
+    def digests(keys: list[str]) -> np.ndarray:
+        return np.array([int.from_bytes(hashlib.blake2b(k.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                                        "little") for k in keys], dtype=np.uint64)
+
+    def seen(self, d: np.ndarray) -> np.ndarray:
+        hit = np.zeros(len(d), bool)
+        for b in self.blocks:
+            hit |= b[np.minimum(np.searchsorted(b, d), len(b) - 1)] == d
+        return hit
+
+    def add(self, d: np.ndarray) -> None:
+        if not len(d):
+            return
+        self.blocks.append(np.sort(d))
+        while len(self.blocks) > 1 and len(self.blocks[-2]) <= 2 * len(self.blocks[-1]):
+            b, a = self.blocks.pop(), self.blocks.pop()
+            self.blocks.append(np.sort(np.concatenate([a, b])))
 
 
 def _same_source(old: str | None, new: str | None) -> bool:
@@ -199,7 +252,7 @@ def _same_source(old: str | None, new: str | None) -> bool:
 
 @dataclass
 class _Row:
-    """One item as it will be written."""
+    """One item as it will be written, and why this encoder has no vector of it (`reason`, else None)."""
 
     key: str
     content_hash: str | None
@@ -207,20 +260,20 @@ class _Row:
     source: str | None
     label: str | None
     meta: str | None
-    status: str
     reason: str | None
     item_id: int | None = None
 
-    COLUMNS = ("item_id", "key", "content_hash", "text", "source", "label", "meta", "status", "reason")
+    COLUMNS = ("item_id", "key", "content_hash", "text", "source", "label", "meta")
 
 
 def _plan(recs: list[Record], hashes: list, reasons: list, existing: dict, vec_of: dict, trunc_of: dict,
           fresh: set, run: _Run):
-    """Sort the chunk's records into new rows, changed rows (new item id), rows whose label/meta/source changed,
-    and unchanged rows whose vector this encoder made just now (an item first ingested with another encoder):
-    those join this encoder's index without a database write."""
+    """Sort the chunk's records into new rows, changed rows (new content: new item id), rows whose
+    label/meta/source changed, unchanged rows whose vector this encoder made just now (an item first ingested
+    with another encoder, or one it skipped before): those join this encoder's index without an item write, and
+    unchanged rows whose skip by this encoder changed (`reskipped`)."""
     report, skipped = run.report, run.skipped
-    new, changed, relabelled, gone_ids, revectored = [], [], [], [], []
+    new, changed, relabelled, gone_ids, revectored, reskipped = [], [], [], [], [], []
     retagged = 0
     made: set = set()  # fresh vectors already counted: a second row of the same content reuses it (cached)
     other = [r.key for r in recs if r.key in existing and not _same_source(existing[r.key][4], r.source)]
@@ -240,19 +293,19 @@ def _plan(recs: list[Record], hashes: list, reasons: list, existing: dict, vec_o
             made.add(h)
             report.truncated += bool(trunc_of.get(h))
         meta = json.dumps(r.meta, default=str) if r.meta else None
-        row = _Row(r.key, h, r.content if isinstance(r.content, str) else None, r.source, r.label, meta,
-                   "skipped" if why else "ok", why)
-        old = existing.get(r.key)  # (item_id, content_hash, status, label, source, meta)
+        row = _Row(r.key, h, r.content if isinstance(r.content, str) else None, r.source, r.label, meta, why)
+        old = existing.get(r.key)  # (item_id, content_hash, this encoder's skip reason, label, source, meta)
         if old is None:
             new.append(row)
-        elif (old[1], old[2]) != (h, row.status):
+        elif old[1] != h:
             changed.append(row)
-            if old[2] == "ok":
-                gone_ids.append(old[0])
+            gone_ids.append(old[0])
         else:
-            row.item_id = old[0]  # same content: the item keeps its id (and its place in the index)
-            if row.status == "ok" and h in fresh:
+            row.item_id = old[0]  # same content: the item keeps its id (and its place in every index)
+            if not why and h in fresh:
                 revectored.append(row)
+            if old[2] != why:
+                reskipped.append(row)
             if (old[3], old[4], json.loads(old[5]) if old[5] else None) != \
                     (r.label, r.source, json.loads(meta) if meta else None):
                 relabelled.append(row)  # rewritten; counted as an update when its label or metadata changed
@@ -261,12 +314,13 @@ def _plan(recs: list[Record], hashes: list, reasons: list, existing: dict, vec_o
     report.new_items += len(new)
     report.updated_items += len(changed) + retagged  # a new label or metadata is an update too
     report.unchanged_items += len(recs) - len(new) - len(changed) - retagged
-    return new, changed, relabelled, gone_ids, revectored
+    return new, changed, relabelled, gone_ids, revectored, reskipped
 
 
 def _write(con, dataset: str, record: EncoderRecord, new_emb: pa.Table, new: list[_Row], changed: list[_Row],
-           relabelled: list[_Row]) -> None:
-    """Vectors and item rows of one chunk (call inside one transaction)."""
+           relabelled: list[_Row], gone_ids: list[int], reskipped: list[_Row]) -> None:
+    """Vectors, item rows and this encoder's skips of one chunk (call inside one transaction). Keys stay unique
+    per dataset because the rows to rewrite are deleted first and new keys were looked up as absent."""
     insert(con, record, new_emb)
     fresh = new + changed
     if fresh:
@@ -278,13 +332,27 @@ def _write(con, dataset: str, record: EncoderRecord, new_emb: pa.Table, new: lis
         con.register("_gone", pa.table({"key": [r.key for r in rewrite]}))
         con.execute("DELETE FROM items WHERE dataset = ? AND key IN (SELECT key FROM _gone)", [dataset])
         con.unregister("_gone")
+    if gone_ids or reskipped:  # an item's old id takes its skips with it; a kept id's skip by this encoder moves
+        con.register("_ids", pa.table({"i": pa.array(gone_ids, pa.int64())}))
+        con.register("_kept", pa.table({"i": pa.array([r.item_id for r in reskipped], pa.int64())}))
+        con.execute("DELETE FROM skips WHERE item_id IN (SELECT i FROM _ids) OR (fingerprint = ? AND item_id IN "
+                    "(SELECT i FROM _kept))", [record.fingerprint])
+        con.unregister("_ids")
+        con.unregister("_kept")
+    skips = [r for r in fresh + reskipped if r.reason]
+    if skips:
+        con.register("_skips", pa.table({"i": pa.array([r.item_id for r in skips], pa.int64()),
+                                         "r": pa.array([r.reason for r in skips], pa.string())}))
+        con.execute("INSERT INTO skips SELECT i, ?, r FROM _skips", [record.fingerprint])
+        con.unregister("_skips")
     rows = fresh + relabelled
     if rows:
         tbl = pa.table({c: pa.array([getattr(r, c) for r in rows], pa.int64() if c == "item_id" else pa.string())
                         for c in _Row.COLUMNS})
         con.register("_items", tbl)
         con.execute(f"INSERT INTO items (dataset, {', '.join(_Row.COLUMNS)}) SELECT ?, "
-                    + ", ".join("meta::JSON" if c == "meta" else c for c in _Row.COLUMNS) + " FROM _items",
+                    + ", ".join({"meta": "meta::JSON", "content_hash": "hex_hash(content_hash)"}.get(c, c)
+                                for c in _Row.COLUMNS) + " FROM _items",
                     [dataset])
         con.unregister("_items")
 
@@ -293,40 +361,45 @@ def _ingest_chunk(db: "Database", enc: Encoder, record: EncoderRecord, live: Liv
                   chunk: list[Record], bar: Any) -> None:
     report, dataset = run.report, run.dataset
     report.rows += len(chunk)
-    recs = []
+    recs, keys = [], set()
     for r in chunk:
         r, escaped = storable(r)
         report.escaped += escaped
-        if r.key in run.seen:  # the first row of a key stands for it, wherever the repeat is
-            report.duplicate_keys += 1
-            continue
-        run.seen.add(r.key)
-        recs.append(r)
-    bar.update(len(chunk) - len(recs))
-    if not recs:
-        return
+        if r.key not in keys:  # the first row of a key stands for it, wherever the repeat is
+            keys.add(r.key)
+            recs.append(r)
+    digests = run.seen.digests([r.key for r in recs])
+    maybe = run.seen.seen(digests)
     with db.connect() as con:
         con.register("_keys", pa.table({"key": [r.key for r in recs]}))
         existing = {row[0]: row[1:] for row in con.execute(
-            "SELECT key, item_id, content_hash, status, label, source, meta FROM items WHERE dataset = ? AND key IN "
-            "(SELECT key FROM _keys)", [dataset]).fetchall()}
+            "SELECT i.key, i.item_id, hash_hex(i.content_hash), s.reason, i.label, i.source, i.meta FROM items i "
+            "LEFT JOIN skips s ON s.item_id = i.item_id AND s.fingerprint = ? "
+            "WHERE i.dataset = ? AND i.key IN (SELECT key FROM _keys)", [record.fingerprint, dataset]).fetchall()}
         con.unregister("_keys")
+        repeat = maybe & np.array([r.key in existing for r in recs], bool)
+        run.seen.add(digests[~repeat])
+        recs = [r for r, again in zip(recs, repeat) if not again]
+        report.duplicate_keys += len(chunk) - len(recs)
+        bar.update(len(chunk) - len(recs))
+        if not recs:
+            return
         got = embed_cached(db, enc, record, [r.content for r in recs], reasons=[r.reason for r in recs], con=con,
                            progress=bar.update)
     report.embedded += got.rows.num_rows
-    new, changed, relabelled, gone_ids, revectored = _plan(recs, got.hashes, got.reasons, existing, got.vectors,
+    new, changed, relabelled, gone_ids, revectored, reskipped = _plan(recs, got.hashes, got.reasons, existing, got.vectors,
                                                            got.truncated, set(got.fresh), run)
     with db.transaction() as con:
         catalog.require_fresh_dataset_modality(db, dataset, enc.modality)
         catalog.ensure_dataset(con, dataset, enc.modality, run.source, run.label_column)
         con.execute("INSERT INTO dataset_encoders VALUES (?, ?) ON CONFLICT DO NOTHING",
                     [dataset, record.fingerprint])
-        _write(con, dataset, record, got.rows, new, changed, relabelled)
+        _write(con, dataset, record, got.rows, new, changed, relabelled, gone_ids, reskipped)
         fault_point("ingest.chunk.before_commit")
     fault_point("ingest.chunk.after_commit")
     # committed: mirror it in the index
     live.remove(np.asarray(gone_ids, np.int64))
-    ok = [r for r in new + changed if r.status == "ok"] + revectored
+    ok = [r for r in new + changed if not r.reason] + revectored
     if ok:
         live.add(np.asarray([r.item_id for r in ok], np.int64),
                  np.stack([got.vectors[r.content_hash] for r in ok]))

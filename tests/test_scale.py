@@ -1,0 +1,181 @@
+"""Issue 14 (scale): the compact schema (m004) and its in-place migration, item status per (item, encoder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import embedstore
+import heads
+
+REPO = Path(__file__).resolve().parents[1]
+OLD_COMMIT = "629bc30"  # the last commit before m004: its stores hold VARCHAR hashes, key indexes, items.status
+
+WRITE_OLD_STORE = r"""
+import json, sys
+import numpy as np
+import embedstore, heads
+s = embedstore.open(sys.argv[1])
+topics = ["cats", "dogs", "birds"]
+rows = [{"id": f"r{i}", "text": f"sentence {i} about {topics[i % 3]} and thing {i % 7}", "label": topics[i % 3]}
+        for i in range(300)] + [{"id": "blank", "text": "   ", "label": "cats"}]
+s.ingest(rows, dataset="d", encoder="hashing:64", id_column="id", label_column="label", progress=False)
+head, metrics = heads.fit(s, "d", encoder="hashing:64", label="label", model="logreg", name="h")
+X, y = s.features("d", encoder="hashing:64", label="label")
+hits = s.search("d", "a sentence about dogs", k=5)
+np.save(sys.argv[2] + "/X.npy", X)
+json.dump({"y": [str(v) for v in y], "hits": [[h.key, float(h.score)] for h in hits],
+           "pred": [str(p) for p in head.predict(X)],
+           "skipped": s.sql("SELECT key, reason FROM items WHERE status = 'skipped'").rows()},
+          open(sys.argv[2] + "/old.json", "w"))
+"""
+
+
+def _old_tree(tmp_path: Path) -> Path:
+    """The code of OLD_COMMIT, extracted from git history (skips where the checkout has no history)."""
+    try:
+        tar = subprocess.run(["git", "-C", str(REPO), "archive", OLD_COMMIT, "embedstore", "heads"],
+                             capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"needs git history with commit {OLD_COMMIT} (the code before the m004 migration)")
+    root = tmp_path / "old"
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(root, filter="data")
+    return root
+
+
+def test_a_store_from_before_m004_migrates_in_place_and_keeps_vectors_heads_and_index(tmp_path):
+    old = _old_tree(tmp_path)
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(old)}
+    subprocess.run([sys.executable, "-c", WRITE_OLD_STORE, str(store), str(tmp_path)], env=env, check=True,
+                   cwd=tmp_path, capture_output=True)
+    before = json.loads((tmp_path / "old.json").read_text())
+    assert before["skipped"] and before["hits"]  # the old store really holds a skip and an index
+
+    with pytest.raises(embedstore.EmbedstoreError, match="m004_compact.*info --migrate"):
+        embedstore.open(store, read_only=True)  # a reader cannot read it before a writer migrates it
+    with embedstore.open(store) as s:  # opening for writing migrates
+        with s.connect() as con:
+            types = dict(con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = "
+                                     "'items'").fetchall())
+            assert types["content_hash"] == "UHUGEINT" and "status" not in types
+            assert con.execute("SELECT count(*) FROM duckdb_indexes()").fetchall()[0][0] == 0
+            assert not con.execute("SELECT * FROM duckdb_constraints() WHERE table_name = 'items' AND "
+                                   "constraint_type IN ('PRIMARY KEY', 'UNIQUE')").fetchall()
+        X, y = s.features("d", encoder="hashing:64", label="label")
+        np.testing.assert_array_equal(X, np.load(tmp_path / "X.npy"))  # every vector, bit for bit, same order
+        assert [str(v) for v in y] == before["y"]
+        rec = s.resolve_encoder("hashing:64", "d")
+        assert s.index("d", rec).origin == "loaded"  # the old index file still matches: no rebuild
+        hits = s.search("d", "a sentence about dogs", k=5)
+        assert [h.score for h in hits] == pytest.approx([sc for _, sc in before["hits"]], abs=1e-6)
+        assert sorted((round(h.score, 5), h.key) for h in hits) == sorted((round(sc, 5), k) for k, sc in before["hits"])
+        head = heads.load(s, "h")  # its checksums and training hashes still hold
+        assert [str(p) for p in head.predict(X)] == before["pred"]
+        skips = s.sql("SELECT key, reason FROM item_status WHERE status = 'skipped'").rows()
+        assert [list(r) for r in skips] == before["skipped"]
+        again = s.ingest([{"id": "r1", "text": "sentence 1 about dogs and thing 1", "label": "dogs"}],
+                         dataset="d", encoder="hashing:64", id_column="id", label_column="label", progress=False)
+        assert (again.new_items, again.updated_items, again.unchanged_items, again.embedded) == (0, 0, 1, 0)
+
+
+def test_two_encoders_that_skip_different_items_keep_their_own_status_and_indexes(tmp_path):
+    """kmer:4 skips a sequence shorter than 4 that kmer:3 embeds. The second encoder's skip must not hide the item
+    from the first one's features and index, nor give it a new id (which forced the first index to rebuild)."""
+    rows = [{"id": "a", "text": "ACGTACGT"}, {"id": "b", "text": "ACG"}, {"id": "c", "text": "GATTACA"},
+            {"id": "d", "text": "TTGACCA"}]
+    with embedstore.open(tmp_path / "s") as s:
+        s.ingest(rows, dataset="d", encoder="kmer:3", id_column="id", progress=False)
+        first = s.sql("SELECT key, item_id FROM items ORDER BY key").rows()
+        r = s.ingest(rows, dataset="d", encoder="kmer:4", id_column="id", progress=False)
+        assert (r.new_items, r.updated_items, r.unchanged_items, sum(r.skipped.values())) == (0, 0, 4, 1)
+        assert s.sql("SELECT key, item_id FROM items ORDER BY key").rows() == first  # no id changed
+        status = {(k, e): (st, why) for k, e, st, why in s.sql(
+            "SELECT key, encoder, status, reason FROM item_status").rows()}
+        info = {e["spec"]: (e["vectors"], e["skipped"]) for e in s.info()["datasets"][0]["encoders"]}
+    assert status[("b", "kmer:3")] == ("ok", None) and status[("b", "kmer:4")][0] == "skipped"
+    assert "no 4-mer" in status[("b", "kmer:4")][1]
+    assert info == {"kmer:3": (4, 0), "kmer:4": (3, 1)}
+    with embedstore.open(tmp_path / "s") as s:  # kmer:3's index file still matches the database: loaded as is
+        live = s.index("d", s.resolve_encoder("kmer:3", "d"))
+        assert live.origin == "loaded" and live.index.ntotal == 4
+        assert [h.key for h in s.search("d", key="b", k=1, encoder="kmer:3")]  # b is still searchable
+        X, _ = s.features("d", encoder="kmer:3", label=None)
+        assert len(X) == 4
+        assert s.index("d", s.resolve_encoder("kmer:4", "d")).index.ntotal == 3
+
+
+def _topic_rows(n: int, seed: int = 0) -> list[dict]:
+    """Rows of a topic word said four times and six words of a common vocabulary: hashing vectors with cluster
+    structure (a cluster per topic bucket), as real text has, and without exact ties."""
+    rng = np.random.default_rng(seed)
+    common = np.array([f"c{w}" for w in range(5000)])
+    return [{"id": f"r{i}", "text": " ".join([f"topic{i % 97}"] * 4 + list(rng.choice(common, size=6)))}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("memory, kind", [("100MB", "Flat"), ("700KB", "SQ8"), ("300KB", "PQ")])
+def test_the_index_compresses_to_fit_its_memory_budget_and_records_its_measured_recall(tmp_path, monkeypatch,
+                                                                                       memory, kind):
+    from embedstore.index.faiss_index import choose_factory
+    monkeypatch.setenv("EMBEDSTORE_EXACT_INDEX_MAX", "1000")
+    monkeypatch.setenv("EMBEDSTORE_INDEX_MEMORY", memory)
+    n = 6000
+    factory = choose_factory(n, 64)
+    assert factory.split(",")[-1].startswith(kind), factory
+    with embedstore.open(tmp_path / "s") as s:
+        s.ingest(_topic_rows(n), dataset="d", encoder="hashing:64", id_column="id", progress=False)
+        live = s.index("d", s.resolve_encoder("hashing:64", "d"))
+        assert live.index.factory == factory
+        p = live.index.params
+        assert p["chosen_for"] == {"n": n, "dim": 64, "index_memory": int(float(memory[:-2]) * {"MB": 1e6, "KB": 1e3}[memory[-2:]])}
+        assert n * p["bytes_per_vector"] <= p["chosen_for"]["index_memory"]
+        X, _ = s.features("d", encoder="hashing:64", label=None)
+        ids = s.sql("SELECT item_id FROM items ORDER BY item_id").to_pandas()["item_id"].to_numpy()
+        # the recorded recall is what brute force says for held-out stored vectors at the recorded nprobe
+        q = np.random.default_rng(1).choice(n, 100, replace=False)
+        _, got = live.index.search(X[q], 11, nprobe=p["nprobe"])
+        Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+        sims = Xn[q] @ Xn.T
+        sims[np.arange(len(q)), q] = -np.inf
+        exact = np.argsort(-sims, axis=1)[:, :10]
+        recall = np.mean([len(set(ids[e]) & (set(g) - {ids[i]})) / 10 for e, g, i in zip(exact, got, q)])
+        assert abs(recall - p["tuned_recall_at_10"]) < 0.12, (recall, p)
+        assert p["tuned_recall_at_10"] >= (0.9 if kind != "PQ" else 0.5)
+        info = s.info()["datasets"][0]["encoders"][0]["index"]
+        assert factory in info and "recall@10" in info and f"{p['bytes_per_vector']} B/vector" in info
+        hits = s.search("d", where="key <> 'r0'", key="r0", k=5)  # filtered search on a compressed index
+        assert len(hits) == 5 and "r0" not in {h.key for h in hits}
+
+
+def test_reingesting_an_unchanged_file_reads_nothing_and_any_change_reads_it_again(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("text\tlabel\n" + "".join(f"row {i} words\t{i % 2}\n" for i in range(50)) + "\t1\n")
+    opts = dict(dataset="d", encoder="hashing:64", label_column="label", progress=False)
+    with embedstore.open(tmp_path / "s") as s:
+        first = s.ingest(path, **opts)
+        again = s.ingest(path, **opts)
+        assert (again.rows, again.unchanged_items, again.cached, again.embedded, again.skipped) == \
+            (51, 51, 50, 0, first.skipped) and "nothing was re-read" in again.notes[0]
+        s.ingest(path, **{**opts, "label_column": None})  # another read option: a real ingest (labels change)
+        assert s.sql("SELECT count(label) FROM items").rows() == [(0,)]
+        back = s.ingest(path, **opts)  # the dataset changed since the first ingest: read again
+        assert not back.notes and back.updated_items == 51
+        with path.open("a") as f:
+            f.write("one more row\t0\n")
+        grown = s.ingest(path, **opts)
+        assert (grown.new_items, grown.embedded, grown.notes) == (1, 1, [])
+        s.ingest([{"text": "from python"}], dataset="d", encoder="hashing:64", progress=False)
+        assert not s.ingest(path, **opts).notes  # another ingest wrote to the dataset: read again
+        assert s.ingest(path, **opts).notes
+        s.delete_dataset("d")
+        assert s.ingest(path, **opts).new_items == 52  # deleted: ingested afresh
