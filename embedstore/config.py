@@ -35,6 +35,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("index_memory", "EMBEDSTORE_INDEX_MEMORY", "2GB",
                 "memory one IVF index may take: above it, vectors are stored as 8-bit scalars (SQ8, 4x smaller), "
                 "then as product-quantised codes (PQ) that fit"),
+        Setting("features_memory", "EMBEDSTORE_FEATURES_MEMORY", "auto",
+                "memory a head may load features into (auto: the memory the system has available); a fit, compare "
+                "or eval that would need more is refused before it reads anything"),
         Setting("duckdb_memory", "EMBEDSTORE_DUCKDB_MEMORY", "256MB",
                 "DuckDB's memory limit (its page cache; larger queries spill to <store>/embedstore.duckdb.tmp); "
                 "the store keeps no key index in memory, so it holds at 10M items"),
@@ -79,6 +82,15 @@ def size(name: str) -> int:
         from embedstore.errors import InputError
         raise InputError(f"{s.env}={raw!r}: expected a size such as 2GB or 512MB ({s.help}); default {s.default}")
     return int(value)
+
+
+def available_memory() -> int:
+    """Bytes the system can give a process now without swapping (MemAvailable; 0 where it is not known)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
 
 
 def default_store_path() -> Path:

@@ -70,7 +70,8 @@ _CORRUPT_WORDS = ("corrupt", "checksum", "could not read enough bytes", "not a v
 
 
 class MemoryLimitError(EmbedstoreError, MemoryError):
-    """DuckDB reached EMBEDSTORE_DUCKDB_MEMORY; nothing committed before it was lost."""
+    """DuckDB reached EMBEDSTORE_DUCKDB_MEMORY (nothing committed before it was lost), or a head's features would
+    not fit EMBEDSTORE_FEATURES_MEMORY (refused before anything is read)."""
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from embedstore.ingest.pipeline import IngestReport, ingest_source
 from embedstore.sources.records import Record, Source
 from embedstore.store import catalog
 from embedstore.store.queries import arrow_batches, rows_for
+from embedstore.store.schema import not_skipped
 
 if TYPE_CHECKING:
     from embedstore.store.database import Database
@@ -58,9 +59,10 @@ def export_parquet(db: "Database", dataset: str, encoder: str, out: str | os.Pat
             label_column = con.execute("SELECT label_column FROM datasets WHERE name = ?", [dataset]).fetchall()
             enc_row = con.execute("SELECT fingerprint, spec, dim, modality, config, versions, unit_norm FROM encoders "
                                   "WHERE fingerprint = ?", [record.fingerprint]).fetchall()[0]
-            query = (f"SELECT i.key, hash_hex(i.content_hash) AS content_hash, i.label, i.text, i.meta::VARCHAR AS meta, e.vector, e.n_tokens, "
-                     f"e.truncated, e.device, e.dtype FROM items i JOIN {record.table} e USING (content_hash) "
-                     "WHERE i.dataset = ? ORDER BY i.item_id")
+            query = (f"SELECT i.key, hash_hex(i.content_hash) AS content_hash, i.label, i.text, "
+                     f"i.meta::VARCHAR AS meta, e.vector, e.n_tokens, e.truncated, e.device, e.dtype "
+                     f"FROM items i JOIN {record.table} e USING (content_hash) "
+                     f"WHERE i.dataset = ? AND {not_skipped(record.fingerprint)} ORDER BY i.item_id")
             files = _write_shards(arrow_batches(con, query, [dataset], rows_for(record.dim)), tmp,
                                   max(1, SHARD_BYTES // (4 * record.dim + 200)))
         fp, spec, dim, modality, config, versions, unit_norm = enc_row

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from embedstore.errors import NotFoundError
+from embedstore import config
+from embedstore.errors import MemoryLimitError, NotFoundError
 from embedstore.store import catalog
 from embedstore.store.queries import arrow_batches, rows_for, scalar, vector_block
+from embedstore.store.schema import not_skipped
 
 if TYPE_CHECKING:
     import duckdb
@@ -51,16 +53,28 @@ def label_column(con: "duckdb.DuckDBPyConnection", dataset: str) -> str | None:
     return dict(zip([d[0] for d in cur.description], rows[0])).get("label_column") if rows else None
 
 
+JOIN_ROWS = 2_000_000  # items per hash join of items with an embedding table (its hash table fits DuckDB's memory)
+
+
+def item_parts(con: "duckdb.DuckDBPyConnection", dataset: str) -> list[str]:
+    """SQL conditions that split a dataset's items into parts of about JOIN_ROWS: a join of 10M items with their
+    vectors builds a hash table DuckDB's default memory limit cannot hold; one per part can."""
+    n = scalar(con, "SELECT count(*) FROM items WHERE dataset = ?", [dataset]) or 0
+    parts = max(1, -(-n // JOIN_ROWS))
+    return [""] if parts == 1 else [f"AND i.item_id % {parts} = {p}" for p in range(parts)]
+
+
 def iter_vectors(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord",
                  where: str = "", params: Sequence = (), batch_rows: int | None = None
                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(item_ids, vectors) batches of the dataset's items that have a vector of `record`, in no particular
     order (sorting would make DuckDB sort the vectors too)."""
-    sql = (f"SELECT i.item_id, e.vector FROM items i JOIN {record.table} e ON e.content_hash = i.content_hash "
-           f"WHERE i.dataset = ? {where}")
-    for batch in arrow_batches(con, sql, [dataset, *params], batch_rows or rows_for(record.dim)):
-        yield (batch.column(0).to_numpy().astype(np.int64, copy=False),
-               vector_block(batch.column(1), record.dim))
+    for part in item_parts(con, dataset):
+        sql = (f"SELECT i.item_id, e.vector FROM items i JOIN {record.table} e ON e.content_hash = i.content_hash "
+               f"WHERE i.dataset = ? AND {not_skipped(record.fingerprint)} {where} {part}")
+        for batch in arrow_batches(con, sql, [dataset, *params], batch_rows or rows_for(record.dim)):
+            yield (batch.column(0).to_numpy().astype(np.int64, copy=False),
+                   vector_block(batch.column(1), record.dim))
 
 
 @dataclass
@@ -82,7 +96,7 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
     """Rows: items with vectors of every record (concatenated in order) and, if `label`, a label."""
     catalog.require_dataset(db, dataset)
     joins = " ".join(f"JOIN {r.table} e{j} ON e{j}.content_hash = i.content_hash" for j, r in enumerate(records))
-    base = f"FROM items i {joins} WHERE i.dataset = ?"
+    base = f"FROM items i {joins} WHERE i.dataset = ? AND " + " AND ".join(not_skipped(r.fingerprint) for r in records)
     with db.connect() as con:
         named = label_column(con, dataset)
         lab, lparams = column_expr(label, named) if label else ("NULL", [])
@@ -99,6 +113,7 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
             raise NotFoundError(f"dataset {dataset!r} has no items {what}with vectors of "
                                 f"{'+'.join(r.spec for r in records)} ({n_ok} items, {n_vec} with vectors){hint}")
         dims = [r.dim for r in records]
+        check_memory(n, sum(dims), dataset)
         # the items' small columns in item-id order, then each encoder's vectors streamed (the plain join of
         # iter_vectors, which DuckDB runs in bounded memory even for wide vectors) into their rows in place
         rows = con.execute(f"SELECT i.item_id, i.key, hash_hex(i.content_hash), {lab} AS y, {grp} AS g {base}{filt} "
@@ -121,6 +136,25 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
                       [r.fingerprint for r in records], n_missing_vectors=n_ok - n_vec,
                       n_unlabelled=n_vec - n if label else 0, specs=[r.spec for r in records],
                       groups=np.asarray(gs, dtype=object) if group else None)
+
+
+ROW_BYTES = 300   # a row's item id, key, content hash and label as Python objects, beside its features
+COPIES = 3        # the matrix, the scaled copy a head makes, and a fold's training rows
+
+
+def check_memory(n: int, width: int, dataset: str) -> None:
+    """Refuse, before anything is read, features whose matrix and the copies a fit makes would not fit the
+    memory there is (EMBEDSTORE_FEATURES_MEMORY, default what the system has available)."""
+    raw = config.setting("features_memory")
+    budget = config.available_memory() if raw == "auto" else config.size("features_memory")
+    need = n * (COPIES * 4 * width + ROW_BYTES)
+    if budget and need > budget:
+        raise MemoryLimitError(
+            f"the features of dataset {dataset!r} need about {need / 1e9:.1f} GB ({n:,} rows x {width} float32 "
+            f"features, {COPIES} copies while a head fits, and each row's key and label), but "
+            f"{budget / 1e9:.1f} GB is available ({'system MemAvailable' if raw == 'auto' else 'EMBEDSTORE_FEATURES_MEMORY'}"
+            "). Fit on a sample of the rows (ingest a subset into its own dataset), use a narrower encoder, close "
+            "other programs, or set EMBEDSTORE_FEATURES_MEMORY higher if the memory is there")
 
 
 def features_for(db: "Database", dataset: str, encoder: str, label: str | None, group: str | None = None

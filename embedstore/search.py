@@ -24,6 +24,7 @@ from embedstore.ingest.cache import embed_cached, text_tower
 from embedstore.store import catalog
 from embedstore.sql import check_filter
 from embedstore.store.queries import first
+from embedstore.store.schema import not_skipped
 from embedstore.validate import as_float32_matrix, counted
 
 if TYPE_CHECKING:
@@ -108,7 +109,8 @@ def _query_vector(db: "Database", dataset: str, record: "EncoderRecord", query: 
     if key is not None:
         with db.connect() as con:
             row = first(con, f"SELECT i.item_id, e.vector FROM items i JOIN {record.table} e "
-                             "ON e.content_hash = i.content_hash WHERE i.dataset = ? AND i.key = ?", [dataset, key])
+                             f"ON e.content_hash = i.content_hash WHERE i.dataset = ? AND i.key = ? AND "
+                             f"{not_skipped(record.fingerprint)}", [dataset, key])
         if row is None:
             raise NotFoundError(f"no item {key!r} with a {record.spec} vector in dataset {dataset!r}")
         return as_float32_matrix(row[1], record.dim), row[0]

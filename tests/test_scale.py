@@ -6,8 +6,8 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import io
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import pytest
 
 import embedstore
 import heads
+from tests.conftest import cli
 
 REPO = Path(__file__).resolve().parents[1]
 OLD_COMMIT = "629bc30"  # the last commit before m004: its stores hold VARCHAR hashes, key indexes, items.status
@@ -179,3 +180,35 @@ def test_reingesting_an_unchanged_file_reads_nothing_and_any_change_reads_it_aga
         assert s.ingest(path, **opts).notes
         s.delete_dataset("d")
         assert s.ingest(path, **opts).new_items == 52  # deleted: ingested afresh
+
+
+def test_a_fit_whose_features_do_not_fit_in_memory_is_refused_before_it_starts(tmp_path):
+    store = tmp_path / "s"
+    with embedstore.open(store) as s:
+        s.ingest([{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(200)], dataset="d",
+                 encoder="hashing:64", label_column="label", progress=False)
+    env = {"EMBEDSTORE_FEATURES_MEMORY": "100KB"}
+    out = cli("heads", "fit", "--dataset", "d", "--label", "label", store=store, check=False, env=env)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    msg = out.stderr.strip().splitlines()[-1]
+    assert "need about 0.0 GB (200 rows x 64 float32 features" in msg and "EMBEDSTORE_FEATURES_MEMORY" in msg
+    assert "sample" in msg
+    with embedstore.open(store) as s:  # nothing was written; with the memory there, the same fit runs
+        assert not s.sql("SELECT * FROM heads").rows()
+        head, _ = heads.fit(s, "d", encoder="hashing:64", label="label")
+
+
+def test_a_row_skipped_for_its_own_reasons_stays_out_though_its_content_has_a_vector(tmp_path):
+    """A row with an empty id is skipped by the source, yet its text is another item's: the vector that item
+    has must not make the skipped row searchable, a feature row, or an index member."""
+    path = tmp_path / "t.tsv"
+    path.write_text("id\ttext\tlabel\na\thello world\tx\n\thello world\ty\nb\tgood bye\tx\n")
+    with embedstore.open(tmp_path / "s") as s:
+        r = s.ingest(path, dataset="d", encoder="hashing:64", id_column="id", label_column="label", progress=False)
+        assert sum(r.skipped.values()) == 1
+        assert s.sql("SELECT count(*) FROM embeddings").rows() == [(2,)]
+        X, y = s.features("d", encoder="hashing:64", label="label")
+        assert sorted(map(str, y)) == ["x", "x"]
+        live = s.index("d", s.resolve_encoder("hashing:64", "d"))
+        assert live.index.ntotal == 2 and live.origin != "rebuilt"
+        assert {h.key for h in s.search("d", "hello world", k=5)} == {"a", "b"}

@@ -55,10 +55,12 @@ def choose_factory(n: int, dim: int) -> str:
 
 
 def exact_neighbours(queries: np.ndarray, query_ids: np.ndarray, batches: Iterable[tuple[np.ndarray, np.ndarray]],
-                     k: int = 10, keep: int = 40) -> list[set]:
+                     k: int = 10, keep: int = 64) -> list[set | None]:
     """Each query's true k nearest (cosine) ids among the streamed (ids, vectors) batches, its own id excluded,
     computed by brute force one batch at a time: the ground truth recall is measured against. Ids tied with
-    the k-th score (duplicate contents) are all in the set, so that any of them counts as found."""
+    the k-th score (duplicate contents) are all in the set, so that any of them counts as found; None for a
+    query whose `keep` best all tie (a crowd of duplicates: any answer among them is as good, and which ones
+    the crowd holds is not known), which recall then leaves out."""
     q = _normalized(queries)
     keep = max(keep, k)
     best_s = np.full((len(q), keep), -np.inf, dtype=np.float32)
@@ -70,7 +72,8 @@ def exact_neighbours(queries: np.ndarray, query_ids: np.ndarray, batches: Iterab
         top = np.argpartition(-cand_s, keep - 1, axis=1)[:, :keep]
         best_s, best_i = np.take_along_axis(cand_s, top, 1), np.take_along_axis(cand_i, top, 1)
     kth = -np.partition(-best_s, k - 1, axis=1)[:, k - 1:k]
-    return [set(i[(sc >= t - 1e-5) & (i >= 0)].tolist()) for i, sc, t in zip(best_i, best_s, kth)]
+    tied = best_s >= kth - 1e-5
+    return [None if t.all() and len(i) > k else set(i[t & (i >= 0)].tolist()) for i, t in zip(best_i, tied)]
 
 
 def _meta_digest(meta: dict) -> str:
@@ -146,7 +149,7 @@ class VectorIndex:
         scores, ids = self.index.search(q, k, params=params)
         return scores, ids
 
-    def tune(self, sample: np.ndarray, sample_ids: np.ndarray, exact: list[set], k: int = 10,
+    def tune(self, sample: np.ndarray, sample_ids: np.ndarray, exact: list[set | None], k: int = 10,
              target: float = TARGET_RECALL) -> None:
         """IVF only: the smallest power-of-two nprobe whose recall@k against `exact` (the true neighbours of each
         query among the indexed vectors, from `exact_neighbours`) reaches `target`, for stored vectors used as
@@ -156,6 +159,9 @@ class VectorIndex:
         if not self.factory.startswith("IVF"):
             return
         nlist = self.index.nlist
+
+        known = [j for j, e in enumerate(exact) if e is not None] or list(range(len(exact)))
+        sample, sample_ids, exact = sample[known], sample_ids[known], [exact[j] or set() for j in known]
 
         def neighbours(nprobe: int) -> list[set]:
             _, ids = self.search(sample, k + 1, nprobe=nprobe)

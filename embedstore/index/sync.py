@@ -15,8 +15,9 @@ import numpy as np
 from embedstore import config
 from embedstore.errors import CorruptFileError, StoreLockedError, resource_errors_as_clear
 from embedstore.index.faiss_index import ID_BYTES, VectorIndex, choose_factory, code_bytes, exact_neighbours
-from embedstore.features import iter_vectors
+from embedstore.features import item_parts, iter_vectors
 from embedstore.store.queries import first
+from embedstore.store.schema import not_skipped
 
 if TYPE_CHECKING:
     import duckdb
@@ -33,11 +34,14 @@ def db_state(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRec
              max_id: int | None = None) -> dict:
     """count, xor of id hashes and max id of the items an index should hold (optionally ids <= max_id)."""
     extra, args = ("AND i.item_id <= ?", [max_id]) if max_id is not None else ("", [])
-    n, xor, top = first(
-        con, f"SELECT count(*), coalesce(bit_xor(hash(i.item_id)), 0)::VARCHAR, coalesce(max(i.item_id), 0) "
-        f"FROM items i JOIN {record.table} e ON e.content_hash = i.content_hash "
-        f"WHERE i.dataset = ? {extra}", [dataset, *args])
-    return {"count": int(n), "xor": xor, "max_id": int(top)}
+    n, xor, top = 0, 0, 0
+    for part in item_parts(con, dataset):  # parts of bounded size: the join's hash table fits DuckDB's memory
+        c, x, t = first(
+            con, f"SELECT count(*), coalesce(bit_xor(hash(i.item_id)), 0)::VARCHAR, coalesce(max(i.item_id), 0) "
+            f"FROM items i JOIN {record.table} e ON e.content_hash = i.content_hash "
+            f"WHERE i.dataset = ? AND {not_skipped(record.fingerprint)} {extra} {part}", [dataset, *args])
+        n, xor, top = n + c, xor ^ int(x), max(top, t)
+    return {"count": int(n), "xor": str(xor), "max_id": int(top)}
 
 
 class LiveIndex:

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 def file_identity(source: Any, opts: "TableOptions", extra: dict) -> str | None:
     """A digest of a single file source and how it is read; None for anything else (Python rows, folders,
     several files), which always ingest normally."""
-    if not isinstance(source, (str, os.PathLike)):
-        return None
+    if not isinstance(source, (str, os.PathLike)) or opts.path_column:
+        return None  # a table naming media files elsewhere: those files may change without the table
     path = Path(source).expanduser()
     if not path.is_file():
         return None

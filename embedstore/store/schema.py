@@ -121,10 +121,17 @@ SOURCE_STATES_SQL = """CREATE TABLE source_states (  -- the last complete ingest
 )"""
 
 
+def not_skipped(fingerprint: str, alias: str = "i") -> str:
+    """SQL: item `alias` is not skipped by the encoder `fingerprint` (a hex digest, so safe to inline). Needed
+    beside the join on content hash: a row skipped for its own reasons (a ragged line, an empty id) may share its
+    content with an item that has a vector."""
+    return f"NOT EXISTS (SELECT 1 FROM skips s WHERE s.item_id = {alias}.item_id AND s.fingerprint = '{fingerprint}')"
+
+
 def m004_compact(con: duckdb.DuckDBPyConnection) -> None:
     """Rewrite items and every embedding table with UHUGEINT hashes and no key indexes; item status moves to
-    `skips`, per encoder: an old 'skipped' item is recorded as skipped by each of its dataset's encoders whose
-    table lacks its vector."""
+    `skips`, per encoder: an old 'skipped' item (hidden from every encoder then) is recorded as skipped by each of
+    its dataset's encoders, so that every answer stays as it was."""
     bad = con.execute("SELECT count(*) FROM items WHERE content_hash IS NOT NULL AND NOT "
                       "regexp_full_match(content_hash, '[0-9a-f]{32}')").fetchall()[0][0]
     if bad:
@@ -135,10 +142,9 @@ def m004_compact(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SKIPS_SQL)
     con.execute(SOURCE_STATES_SQL)
     for fp, table in con.execute("SELECT fingerprint, table_name FROM encoders").fetchall():
-        con.execute(f"INSERT INTO skips SELECT i.item_id, ?, coalesce(i.reason, 'skipped') FROM items i "
+        con.execute("INSERT INTO skips SELECT i.item_id, ?, coalesce(i.reason, 'skipped') FROM items i "
                     "JOIN dataset_encoders de ON de.dataset = i.dataset AND de.fingerprint = ? "
-                    f"WHERE i.status = 'skipped' AND NOT EXISTS (SELECT 1 FROM {table} e "
-                    "WHERE e.content_hash = i.content_hash)", [fp, fp])
+                    "WHERE i.status = 'skipped'", [fp, fp])
         dim = con.execute(f"SELECT dim FROM encoders WHERE fingerprint = ?", [fp]).fetchall()[0][0]
         con.execute(emb_table_sql(f"{table}_m004", dim).replace(" IF NOT EXISTS", ""))
         con.execute(f"INSERT INTO {table}_m004 SELECT hex_hash(content_hash), vector, n_tokens, truncated, device, "
@@ -189,7 +195,8 @@ def refresh_views(con: duckdb.DuckDBPyConnection) -> None:
         emb.append(f"""SELECT {item_cols}, {enc}, e.vector::FLOAT[] AS vector, e.truncated, e.device, e.dtype
             FROM items i
             JOIN dataset_encoders de ON de.dataset = i.dataset AND de.fingerprint = '{fp}'
-            JOIN {table} e ON e.content_hash = i.content_hash""")
+            JOIN {table} e ON e.content_hash = i.content_hash
+            WHERE {not_skipped(fp)}""")
         status.append(f"""SELECT {item_cols}, i.source, i.meta, i.updated, {enc},
                    CASE WHEN s.reason IS NOT NULL THEN 'skipped'
                         WHEN i.content_hash IN (SELECT content_hash FROM {table}) THEN 'ok'
