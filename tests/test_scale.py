@@ -212,3 +212,14 @@ def test_a_row_skipped_for_its_own_reasons_stays_out_though_its_content_has_a_ve
         live = s.index("d", s.resolve_encoder("hashing:64", "d"))
         assert live.index.ntotal == 2 and live.origin != "rebuilt"
         assert {h.key for h in s.search("d", "hello world", k=5)} == {"a", "b"}
+
+
+def test_an_exact_index_kept_for_data_without_clusters_is_rebuilt_once_it_outgrows_the_memory_budget(monkeypatch):
+    from embedstore.index.faiss_index import VectorIndex
+    from embedstore.index.sync import _outgrown
+    monkeypatch.setenv("EMBEDSTORE_EXACT_INDEX_MAX", "1000")
+    monkeypatch.setenv("EMBEDSTORE_INDEX_MEMORY", "10MB")
+    index = VectorIndex.create(64, "IDMap2,Flat")
+    index.params["ivf_rejected_at"] = 20_000  # IVF did not pay at 20k: exact stays while it fits ...
+    assert not _outgrown(index, 30_000)  # 30k x 264 bytes = 7.9 MB
+    assert _outgrown(index, 40_000)  # ... 10.6 MB does not fit: compressed IVF, whatever its nprobe

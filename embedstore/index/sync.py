@@ -90,8 +90,9 @@ class LiveIndex:
 
 def _outgrown(index: VectorIndex, n: int) -> bool:
     wanted = choose_factory(n, index.dim)
-    if "ivf_rejected_at" in index.params and n <= 4 * index.params["ivf_rejected_at"]:
-        return False  # IVF was tried on this data and did not pay; exact stays until the data grows 4x
+    exact_fits = n * (code_bytes("Flat", index.dim) + ID_BYTES) <= config.size("index_memory")
+    if "ivf_rejected_at" in index.params and n <= 4 * index.params["ivf_rejected_at"] and exact_fits:
+        return False  # IVF was tried on this data and did not pay; exact stays until 4x the data or the budget
     if wanted.startswith("IVF") != index.factory.startswith("IVF"):
         return True
     if wanted.split(",")[-1] != index.factory.split(",")[-1] and index.factory.startswith("IVF"):
