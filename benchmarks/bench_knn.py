@@ -198,9 +198,9 @@ def fill_store(store, X: np.ndarray, dataset: str, rows_per_insert: int = 100_00
     n, dim = X.shape
     fp = hashlib.sha256(f"bench_knn random unit {dim}".encode()).hexdigest()  # names the table: hex only
     enc = SimpleNamespace(fingerprint=fp, dim=dim, spec=f"random:{dim}",
-                          modality="text", identity=lambda: {"bench": "random"}, versions=lambda: {})
+                          modality="text", identity=lambda: {"bench": "random"}, versions=lambda: {}, unit_norm=True)
     record = store.register_encoder(enc)
-    with store.connect() as con:  # the dataset and its link to the encoder, as an ingest records them
+    with store.transaction() as con:  # the dataset and its link to the encoder, as an ingest records them
         con.execute("INSERT INTO datasets (name, modality, source) VALUES (?, 'text', 'bench_knn')", [dataset])
         con.execute("INSERT INTO dataset_encoders VALUES (?, ?)", [dataset, fp])
     with store.transaction() as con:
