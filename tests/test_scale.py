@@ -124,7 +124,7 @@ def _topic_rows(n: int, seed: int = 0) -> list[dict]:
             for i in range(n)]
 
 
-@pytest.mark.parametrize("memory, kind", [("100MB", "Flat"), ("700KB", "SQ8"), ("300KB", "PQ")])
+@pytest.mark.parametrize("memory, kind", [("100MB", "Flat"), ("700KB", "SQ8"), ("200KB", "PQ")])
 def test_the_index_compresses_to_fit_its_memory_budget_and_records_its_measured_recall(tmp_path, monkeypatch,
                                                                                        memory, kind):
     from embedstore.index.faiss_index import choose_factory
