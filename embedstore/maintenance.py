@@ -44,7 +44,8 @@ def info(db: "Database") -> dict:
                         index = f"{meta.get('factory')}, {meta.get('count'):,} vectors, {fresh}"
                         params = meta.get("params") or {}
                         if "tuned_recall_at_10" in params:
-                            index += (f", recall@10 {params['tuned_recall_at_10']:.3f} at nprobe {params['nprobe']}"
+                            at = f" at nprobe {params['nprobe']}" if "nprobe" in params else ""
+                            index += (f", recall@10 {params['tuned_recall_at_10']:.3f}{at}"
                                       f", {params.get('bytes_per_vector', '?')} B/vector")
                     except (ValueError, TypeError, AttributeError):
                         index = "unreadable sidecar (rebuilt on next use)"

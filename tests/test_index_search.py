@@ -120,4 +120,4 @@ def test_ivf_that_does_not_pay_falls_back_to_exact(store, monkeypatch):
     store.ingest(rows, dataset="u", encoder="hashing:32", progress=False)
     with store.connect() as con:
         index = build(con, "u", rec, 4000)
-    assert index.factory == "IDMap2,Flat" and index.params["ivf_rejected_at"] == 4000
+    assert index.factory == "IDMap,Flat" and index.params["ivf_rejected_at"] == 4000

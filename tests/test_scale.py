@@ -219,7 +219,43 @@ def test_an_exact_index_kept_for_data_without_clusters_is_rebuilt_once_it_outgro
     from embedstore.index.sync import _outgrown
     monkeypatch.setenv("EMBEDSTORE_EXACT_INDEX_MAX", "1000")
     monkeypatch.setenv("EMBEDSTORE_INDEX_MEMORY", "10MB")
-    index = VectorIndex.create(64, "IDMap2,Flat")
+    index = VectorIndex.create(64, "IDMap2,Flat")  # an older store's exact index
     index.params["ivf_rejected_at"] = 20_000  # IVF did not pay at 20k: exact stays while it fits ...
     assert not _outgrown(index, 30_000)  # 30k x 264 bytes = 7.9 MB
-    assert _outgrown(index, 40_000)  # ... 10.6 MB does not fit: compressed IVF, whatever its nprobe
+    assert _outgrown(index, 40_000)  # ... 10.6 MB does not fit: a scan of SQ8 codes
+    assert _outgrown(index, 10_000, expected=40_000)  # nor when an ingest is announced to bring it there
+
+
+def test_an_ingest_that_will_outgrow_the_budget_switches_to_compressed_codes_early(tmp_path, monkeypatch):
+    """Unclustered vectors, 6,000 announced, float32 does not fit the budget: the exact index is rebuilt as a
+    scan of SQ8 codes chosen for 6,000 as soon as there is enough to train on, not after growing to full size
+    (which would take the memory the budget forbids); the sidecar records the choice and its measured recall."""
+    from embedstore.index import sync
+    monkeypatch.setenv("EMBEDSTORE_EXACT_INDEX_MAX", "1000")
+    monkeypatch.setenv("EMBEDSTORE_CHECKPOINT_ITEMS", "500")
+    monkeypatch.setenv("EMBEDSTORE_INDEX_MEMORY", "700KB")  # 6,000 x 264 B float32 = 1.6 MB; x 72 B SQ8 = 432 KB
+    builds = []
+    real = sync.build
+    monkeypatch.setattr(sync, "build", lambda con, ds, rec, n, expected=0: builds.append((n, expected)) or
+                        real(con, ds, rec, n, expected))
+    rng = np.random.default_rng(0)
+    rows = [{"id": f"r{i}", "text": " ".join(map(str, rng.integers(0, 10**6, 40)))} for i in range(6000)]
+    with embedstore.open(tmp_path / "s") as s:
+        s.ingest(rows, dataset="u", encoder="hashing:64", id_column="id", progress=False)
+        live = s.index("u", s.resolve_encoder("hashing:64", "u"))
+        assert live.index.factory == "IDMap,SQ8" and live.index.ntotal == 6000
+        p = live.index.params
+        assert p["ivf_rejected_at"] == 6000 and p["chosen_for"]["n"] == 6000 and p["bytes_per_vector"] == 72
+        compressed = [n for n, expected in builds if n > 0]
+        assert compressed and compressed[0] <= 1500 and all(e == 6000 for n, e in builds if n > 0), builds
+        X, _ = s.features("u", encoder="hashing:64", label=None)
+        Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+        q = np.arange(0, 6000, 60)
+        _, got = live.index.search(X[q], 11)
+        sims = Xn[q] @ Xn.T
+        sims[np.arange(len(q)), q] = -np.inf
+        exact = np.argsort(-sims, axis=1)[:, :10] + 1  # item ids are 1..6000 in order
+        recall = np.mean([len(set(e) & (set(g) - {i + 1})) / 10 for e, g, i in zip(exact, got, q)])
+        assert recall >= 0.8 and abs(recall - p["tuned_recall_at_10"]) < 0.12, (recall, p)
+        assert "IDMap,SQ8" in s.info()["datasets"][0]["encoders"][0]["index"]
+

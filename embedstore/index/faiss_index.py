@@ -31,27 +31,41 @@ NLIST_MAX = 4096      # k-means of more lists costs minutes per build on a few c
 ID_BYTES = 8          # an IVF list stores each vector's int64 id beside its code
 
 
+EXACT = "IDMap,Flat"   # exact search over float32 vectors (older stores hold "IDMap2,Flat": the same search)
+
+
 def code_bytes(factory: str, dim: int) -> int:
     """Bytes per vector of a factory's codes (without ids): Flat 4*dim, SQ8 dim, PQm m."""
     kind = factory.split(",")[-1]
     return 4 * dim if kind == "Flat" else dim if kind == "SQ8" else int(kind[2:].split("x")[0])
 
 
-def choose_factory(n: int, dim: int) -> str:
+def shape(factory: str) -> tuple[bool, str]:
+    """What a factory string means for memory and search: (inverted lists?, code kind "Flat"/"SQ8"/"PQmx8")."""
+    return factory.startswith("IVF"), factory.split(",")[-1]
+
+
+def choose_factory(n: int, dim: int, clustered: bool = True) -> str:
     """The index for n vectors of dim (autofaiss-style, from n, dim and EMBEDSTORE_INDEX_MEMORY alone):
     exact search up to `exact_index_max` vectors; above it IVF with ~4*sqrt(n) lists (a power of two, at most
-    NLIST_MAX), whose vectors are stored Flat (float32) when they fit the memory budget, else SQ8 (one byte per
-    dimension, recall close to Flat), else PQ with the most one-byte sub-quantisers that fit (m divides dim)."""
+    NLIST_MAX), or, for data on which IVF was measured not to pay (`clustered=False`: no cluster structure, so
+    that it would scan most lists anyway), a plain scan of every code. The codes are float32 (Flat) when they fit
+    the memory budget, else SQ8 (one byte per dimension, recall close to Flat), else PQ with the most one-byte
+    sub-quantisers that fit (m divides dim)."""
     if n <= config.number("exact_index_max", int):
-        return "IDMap2,Flat"
-    nlist = 2 ** min(round(math.log2(NLIST_MAX)), max(6, round(math.log2(4 * math.sqrt(n)))))
+        return EXACT
     budget = config.size("index_memory") / max(n, 1) - ID_BYTES  # bytes per vector left for its code
     if budget >= 4 * dim:
-        return f"IVF{nlist},Flat"
-    if budget >= dim:
-        return f"IVF{nlist},SQ8"
-    fits = [m for m in range(1, dim + 1) if dim % m == 0 and m <= budget]
-    return f"IVF{nlist},PQ{max(fits) if fits else 1}x8"
+        codes = "Flat"
+    elif budget >= dim:
+        codes = "SQ8"
+    else:
+        fits = [m for m in range(1, dim + 1) if dim % m == 0 and m <= budget]
+        codes = f"PQ{max(fits) if fits else 1}x8"
+    if not clustered:
+        return f"IDMap,{codes}"
+    nlist = 2 ** min(round(math.log2(NLIST_MAX)), max(6, round(math.log2(4 * math.sqrt(n)))))
+    return f"IVF{nlist},{codes}"
 
 
 def exact_neighbours(queries: np.ndarray, query_ids: np.ndarray, batches: Iterable[tuple[np.ndarray, np.ndarray]],
@@ -116,7 +130,7 @@ class VectorIndex:
     def reserve(self, n: int) -> None:
         """Exact indexes: allocate room for `n` vectors at once, so that growing by appends does not double the
         buffer (and briefly hold old and new copies) as std::vector growth would."""
-        if self.factory != "IDMap2,Flat" or n <= self.ntotal:
+        if shape(self.factory) != (False, "Flat") or n <= self.ntotal:
             return
         flat = faiss.downcast_index(self.index.index)
         used = flat.codes.size()
@@ -151,14 +165,16 @@ class VectorIndex:
 
     def tune(self, sample: np.ndarray, sample_ids: np.ndarray, exact: list[set | None], k: int = 10,
              target: float = TARGET_RECALL) -> None:
-        """IVF only: the smallest power-of-two nprobe whose recall@k against `exact` (the true neighbours of each
+        """IVF: the smallest power-of-two nprobe whose recall@k against `exact` (the true neighbours of each
         query among the indexed vectors, from `exact_neighbours`) reaches `target`, for stored vectors used as
         held-out queries (each query's own id is dropped, so that a query is not found trivially in its own
         cell: it then stands for a new item from the same distribution). Quantised codes (SQ8, PQ) may never
-        reach it: the recall at the largest nprobe is then what is recorded."""
-        if not self.factory.startswith("IVF"):
+        reach it: the recall at the largest nprobe is then what is recorded. A quantised scan without lists
+        only has its recall measured; exact search needs neither."""
+        ivf, codes = shape(self.factory)
+        if not ivf and codes == "Flat":
             return
-        nlist = self.index.nlist
+        nlist = self.index.nlist if ivf else 1
 
         known = [j for j, e in enumerate(exact) if e is not None] or list(range(len(exact)))
         sample, sample_ids, exact = sample[known], sample_ids[known], [exact[j] or set() for j in known]
@@ -167,14 +183,15 @@ class VectorIndex:
             _, ids = self.search(sample, k + 1, nprobe=nprobe)
             return [set([i for i in row if i != own][:k]) for row, own in zip(ids, sample_ids)]
 
-        quantised = not self.factory.endswith(",Flat")
+        quantised = codes != "Flat"
         nprobe, recall, before = 1, 0.0, -1.0
         while True:
             recall = float(np.mean([min(len(a & b), k) / k for a, b in zip(exact, neighbours(nprobe))]))
             if recall >= target or nprobe >= nlist or (quantised and recall - before < 0.005):
                 break  # reached; or every list; or the codes, not nprobe, limit recall (it stopped rising)
             before, nprobe = recall, min(nprobe * 2, nlist)
-        self.params.update(nprobe=nprobe, tuned_recall_at_10=round(recall, 4), tuned_queries=len(sample))
+        self.params.update(tuned_recall_at_10=round(recall, 4), tuned_queries=len(sample), **(
+            {"nprobe": nprobe} if ivf else {}))
 
     # -- persistence ---------------------------------------------------------------------------------------
     def save(self, sidecar: Path, state: dict) -> None:

@@ -14,7 +14,8 @@ import numpy as np
 
 from embedstore import config
 from embedstore.errors import CorruptFileError, StoreLockedError, resource_errors_as_clear
-from embedstore.index.faiss_index import ID_BYTES, VectorIndex, choose_factory, code_bytes, exact_neighbours
+from embedstore.index.faiss_index import EXACT, ID_BYTES, VectorIndex, choose_factory, code_bytes, \
+    exact_neighbours, shape
 from embedstore.features import item_parts, iter_vectors
 from embedstore.store.queries import first
 from embedstore.store.schema import not_skipped
@@ -58,10 +59,12 @@ class LiveIndex:
         self.signature: tuple = ()
 
     def reserve(self, total: int) -> None:
-        """Room for `total` vectors, now and in any index a checkpoint rebuilds (no reallocation peaks)."""
+        """An ingest will bring the index to about `total` vectors: an exact index that stays exact gets room for
+        them at once (no reallocation peaks); one that will be rebuilt compressed (see `_outgrown`) is not grown
+        beyond the size at which that happens, and the rebuild is chosen for `total`."""
         self.expected = total
-        self.index.reserve(total)
-
+        if shape(choose_factory(total, self.index.dim)) == (False, "Flat"):
+            self.index.reserve(total)
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.index.add(ids, vectors)
         self.dirty = True
@@ -77,27 +80,32 @@ class LiveIndex:
             return  # only the writer persists; others keep their caught-up index in memory
         with self.db.connect() as con:
             state = db_state(con, self.dataset, self.record)
-            if state["count"] != self.index.ntotal or _outgrown(self.index, state["count"]):
+            if state["count"] != self.index.ntotal or _outgrown(self.index, state["count"], self.expected):
                 if state["count"] != self.index.ntotal:
                     log.warning("index %s/%s holds %d vectors but the database %d; rebuilding",
                                 self.dataset, self.record.short, self.index.ntotal, state["count"])
                 self.index = None  # free the old index before its replacement is built from the database
-                self.index = build(con, self.dataset, self.record, state["count"], reserve=self.expected)
+                self.index = build(con, self.dataset, self.record, state["count"], expected=self.expected)
             self.state, self.signature = state, signature(con, self.record)  # it mirrors the writer's own writes
         self.index.save(self.db.index_path(self.dataset, self.record), state)
         self.dirty, self.unsaved = False, 0
 
 
-def _outgrown(index: VectorIndex, n: int) -> bool:
-    wanted = choose_factory(n, index.dim)
-    exact_fits = n * (code_bytes("Flat", index.dim) + ID_BYTES) <= config.size("index_memory")
-    if "ivf_rejected_at" in index.params and n <= 4 * index.params["ivf_rejected_at"] and exact_fits:
-        return False  # IVF was tried on this data and did not pay; exact stays until 4x the data or the budget
-    if wanted.startswith("IVF") != index.factory.startswith("IVF"):
+def _outgrown(index: VectorIndex, n: int, expected: int = 0) -> bool:
+    """Whether an index now holding n vectors (an ingest bringing it to `expected`) must be rebuilt as another
+    kind: exact search past `exact_index_max` as soon as there are that many vectors to train on (not only once
+    the exact index has grown to the full size: it would take more memory than the compressed one), IVF once
+    it holds 4x what it was trained for, and any index whose codes no longer fit EMBEDSTORE_INDEX_MEMORY (or fit
+    uncompressed again)."""
+    target = max(n, expected)
+    rejected = index.params.get("ivf_rejected_at")  # IVF measured not to pay on this data: retried at 4x the data
+    wanted = choose_factory(target, index.dim, clustered=not (rejected and target <= 4 * rejected))
+    if shape(index.factory) == shape(EXACT) and n <= config.number("exact_index_max", int) and \
+            wanted != EXACT and n < target:
+        return False  # too few vectors yet to train the compressed index on: stay exact a little longer
+    if shape(wanted) != shape(index.factory):
         return True
-    if wanted.split(",")[-1] != index.factory.split(",")[-1] and index.factory.startswith("IVF"):
-        return True  # the codes no longer fit the memory budget (or fit uncompressed again)
-    return index.factory.startswith("IVF") and n > 4 * index.params.get("trained_on", n)
+    return shape(index.factory)[0] and target > 4 * index.params.get("trained_on", target)
 
 
 def _hash_sample(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord", n: int, size: int
@@ -111,38 +119,46 @@ def _hash_sample(con: "duckdb.DuckDBPyConnection", dataset: str, record: "Encode
 
 
 def build(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord", n: int,
-          reserve: int = 0) -> VectorIndex:
-    """A fresh index over everything DuckDB holds for (dataset, encoder).
+          expected: int = 0) -> VectorIndex:
+    """A fresh index over everything DuckDB holds for (dataset, encoder), chosen for max(n, expected) vectors.
 
     IVF is first trained and tuned on a sample alone: data without cluster structure (e.g. uniform random),
-    where IVF would have to scan over a quarter of its lists for the target recall, gets exact search instead
-    (when exact search fits EMBEDSTORE_INDEX_MEMORY), before memory is spent on a full IVF. The choice, its
-    inputs and the recall measured against brute force over every stored vector are kept in `params`."""
-    factory = choose_factory(n, record.dim)
+    where IVF would have to scan over a quarter of its lists for the target recall, gets a scan of every vector
+    instead (exact when float32 fits EMBEDSTORE_INDEX_MEMORY, else of SQ8/PQ codes), before memory is spent on
+    a full IVF. The choice, its inputs and the recall measured against brute force over every stored vector are
+    kept in `params`."""
+    target = max(n, expected)
+    factory = choose_factory(target, record.dim)
     index = VectorIndex.create(record.dim, factory)
     budget = config.size("index_memory")
+    params = {}
     if index.needs_training:
-        index.params.update(chosen_for={"n": n, "dim": record.dim, "index_memory": budget},
-                            bytes_per_vector=code_bytes(factory, record.dim) + ID_BYTES)
         ids, x = _hash_sample(con, dataset, record, n, index.index.nlist * TRAIN_PER_LIST)
         index.train(x)
         index.add(ids, x)
         held = np.sort(np.random.default_rng(0).choice(len(ids), size=min(TUNE_QUERIES, len(ids)), replace=False))
         index.tune(x[held], ids[held], exact_neighbours(x[held], ids[held], [(ids, x)]))
         nlist, nprobe = index.index.nlist, index.params["nprobe"]
-        if nprobe > nlist // 4 and n * (code_bytes("Flat", record.dim) + ID_BYTES) <= budget:
-            log.info("IVF needed nprobe %d of %d lists on a sample of %s; using exact search", nprobe, nlist,
-                     dataset)
-            index = VectorIndex.create(record.dim, "IDMap2,Flat")
-            index.params.update(ivf_rejected_at=n, ivf_rejected=f"nprobe {nprobe} of {nlist} lists needed")
+        if nprobe > nlist // 4:
+            factory = choose_factory(target, record.dim, clustered=False)
+            log.info("IVF needed nprobe %d of %d lists on a sample of %s; using %s", nprobe, nlist, dataset, factory)
+            index = VectorIndex.create(record.dim, factory)
+            params.update(ivf_rejected_at=target, ivf_rejected=f"nprobe {nprobe} of {nlist} lists needed")
+            if index.needs_training:  # SQ8/PQ codes: their ranges or codebooks come from the same sample
+                index.train(x)
+                params.update(trained_with=len(ids))
         else:
             index.remove(ids)
-            index.params.update(trained_on=n, trained_with=len(ids))
+            params.update(trained_on=target, trained_with=len(ids))
         del ids, x, held  # the training sample scales with nlist: free it before the full index is allocated
-    index.reserve(max(n, reserve))
+    if factory != EXACT:
+        params.update(chosen_for={"n": target, "dim": record.dim, "index_memory": budget},
+                      bytes_per_vector=code_bytes(factory, record.dim) + ID_BYTES)
+    index.params = params
+    index.reserve(target)
     for ids, x in iter_vectors(con, dataset, record):
         index.add(ids, x)
-    if index.factory.startswith("IVF") and n:
+    if factory != EXACT and n:
         ids, x = _hash_sample(con, dataset, record, n, TUNE_QUERIES)
         index.tune(x, ids, exact_neighbours(x, ids, iter_vectors(con, dataset, record)))
     return index

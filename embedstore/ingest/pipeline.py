@@ -31,7 +31,7 @@ from embedstore.sources import Record, TableOptions, open_source
 from embedstore.sources.records import storable
 from embedstore.store import catalog
 from embedstore.store.catalog import EncoderRecord, check_name
-from embedstore.store.queries import rows_for
+from embedstore.store.queries import first, rows_for
 from embedstore.validate import counted
 
 if TYPE_CHECKING:
@@ -169,7 +169,9 @@ def _ingest(db: "Database", enc: Encoder, src: Any, dataset: str, label_column: 
     if src.total:
         live.reserve(live.index.ntotal + src.total)
     report = IngestReport(dataset, enc.spec, record.fingerprint)
-    run = _Run(dataset, src.name, label_column, replace, report)
+    with db.connect() as con:
+        held = first(con, "SELECT count(*) FROM (SELECT 1 FROM items WHERE dataset = ? LIMIT 1)", [dataset])[0] > 0
+    run = _Run(dataset, src.name, label_column, replace, report, held)
     every = config.number("checkpoint_items", int, 1)
     cap = min(CHUNK_MAX, 4 * rows_for(record.dim))  # rows per chunk: wide vectors make chunks of fewer rows
     size = chunk_size or min(enc.first_chunk, CHUNK_START, cap)
@@ -210,6 +212,7 @@ class _Run:
     label_column: str | None
     replace: bool                 # items of the same keys from another source file may be replaced
     report: IngestReport
+    held_items: bool              # the dataset had items before: any key may be one of them (else only keys seen)
     skipped: Counter = field(default_factory=Counter)
     seen: "SeenKeys" = field(default_factory=lambda: SeenKeys())  # keys read so far: a repeat keeps its first row
 
@@ -371,8 +374,11 @@ def _ingest_chunk(db: "Database", enc: Encoder, record: EncoderRecord, live: Liv
             recs.append(r)
     digests = run.seen.digests([r.key for r in recs])
     maybe = run.seen.seen(digests)
+    # keys the dataset may hold: every key when it had items before this ingest, else only the keys this ingest
+    # has written (a digest match), so that the lookup does not scan the whole dataset for a new key
+    lookup = [r.key for r, m in zip(recs, maybe) if m or run.held_items]
     with db.connect() as con:
-        con.register("_keys", pa.table({"key": [r.key for r in recs]}))
+        con.register("_keys", pa.table({"key": pa.array(lookup, pa.string())}))
         existing = {row[0]: row[1:] for row in con.execute(
             "SELECT i.key, i.item_id, hash_hex(i.content_hash), s.reason, i.label, i.source, i.meta FROM items i "
             "LEFT JOIN skips s ON s.item_id = i.item_id AND s.fingerprint = ? "
