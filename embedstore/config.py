@@ -32,6 +32,9 @@ SETTINGS: dict[str, Setting] = {
                 "during ingest, the FAISS index is persisted after this many new items (or a quarter of its size, if more)"),
         Setting("lock_wait", "EMBEDSTORE_LOCK_WAIT", "30",
                 "seconds a reader waits for the database while an ingest writes a batch"),
+        Setting("read_linger", "EMBEDSTORE_READ_LINGER", "0.5",
+                "seconds a read connection stays open after its last use while no writer is at work, so that "
+                "repeated searches from Python skip re-opening the database (0: close after each use)"),
         Setting("index_memory", "EMBEDSTORE_INDEX_MEMORY", "2GB",
                 "memory one IVF index may take: above it, vectors are stored as 8-bit scalars (SQ8, 4x smaller), "
                 "then as product-quantised codes (PQ) that fit"),

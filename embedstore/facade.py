@@ -55,12 +55,16 @@ class Store(Database):
 
     # -- reads -------------------------------------------------------------------------------------------------
     @resource_errors_as_clear()
-    def features(self, dataset: str, *, encoder: str = "", label: str | None = "label", return_meta: bool = False):
-        """(X float32 [n, dim], y) for the dataset's items that have vectors of `encoder` (`a+b` concatenates)."""
+    def features(self, dataset: str, *, encoder: str = "", label: str | None = "label", return_meta: bool = False,
+                 memmap: "str | os.PathLike | None" = None):
+        """(X float32 [n, dim], y) for the dataset's items that have vectors of `encoder` (`a+b` concatenates).
+        `memmap=PATH`: X is written to a .npy file there and returned as a read-only np.memmap, for matrices
+        larger than memory (read it in chunks, or by a head that streams: heads `sgd`)."""
         expect(dataset, str, "dataset")
         expect(encoder, str, "encoder", " (one spec; a+b concatenates several)")
         expect(label, (str, type(None)), "label")
-        fs = _features.features_for(self, dataset, encoder, label)
+        expect(memmap, (str, os.PathLike, type(None)), "memmap")
+        fs = _features.features_for(self, dataset, encoder, label, memmap=memmap)
         return (fs.X, fs.y, fs) if return_meta else (fs.X, fs.y)
 
     @resource_errors_as_clear()

@@ -1,19 +1,25 @@
 """Features: vectors out of DuckDB into numpy, streamed through Arrow record batches into one preallocated matrix.
 
-Peak memory is the float32 matrix plus one record batch: no second full-size copy.
+Peak memory is the float32 matrix plus one record batch: no second full-size copy. With `memmap=PATH` the
+matrix is a .npy file on disk instead (np.load(PATH, mmap_mode="r") reads it back), written a batch at a time
+and dropped from memory as it is written, so that features larger than RAM stream to heads that read them in
+chunks (`--model sgd`).
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from embedstore import config
-from embedstore.errors import MemoryLimitError, NotFoundError
+from embedstore.errors import InputError, MemoryLimitError, NotFoundError
 from embedstore.store import catalog
-from embedstore.store.queries import arrow_batches, rows_for, scalar, vector_block
+from embedstore.store.queries import arrow_batches, arrow_table, rows_for, scalar, vector_block
 from embedstore.store.schema import not_skipped
 
 if TYPE_CHECKING:
@@ -92,8 +98,9 @@ class FeatureSet:
 
 
 def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], label: str | None,
-                  group: str | None = None) -> FeatureSet:
-    """Rows: items with vectors of every record (concatenated in order) and, if `label`, a label."""
+                  group: str | None = None, memmap: str | os.PathLike | None = None) -> FeatureSet:
+    """Rows: items with vectors of every record (concatenated in order) and, if `label`, a label. With `memmap`
+    (a file path), X is a read-only np.memmap of the .npy written there."""
     catalog.require_dataset(db, dataset)
     joins = " ".join(f"JOIN {r.table} e{j} ON e{j}.content_hash = i.content_hash" for j, r in enumerate(records))
     base = f"FROM items i {joins} WHERE i.dataset = ? AND " + " AND ".join(not_skipped(r.fingerprint) for r in records)
@@ -113,22 +120,32 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
             raise NotFoundError(f"dataset {dataset!r} has no items {what}with vectors of "
                                 f"{'+'.join(r.spec for r in records)} ({n_ok} items, {n_vec} with vectors){hint}")
         dims = [r.dim for r in records]
-        check_memory(n, sum(dims), dataset)
-        # the items' small columns in item-id order, then each encoder's vectors streamed (the plain join of
-        # iter_vectors, which DuckDB runs in bounded memory even for wide vectors) into their rows in place
-        rows = con.execute(f"SELECT i.item_id, i.key, hash_hex(i.content_hash), {lab} AS y, {grp} AS g {base}{filt} "
-                           "ORDER BY i.item_id", [*lparams, *gparams, dataset, *fparams]).fetchall()
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        keys, hashes, ys, gs = ([r[c] for r in rows] for c in (1, 2, 3, 4))
-        del rows
-        X = np.empty((n, sum(dims)), dtype=np.float32)
-        off = 0
+        if memmap is not None:
+            check_disk(Path(memmap), n * sum(dims) * 4, dataset)
+        check_memory(n, sum(dims), dataset, copies=0 if memmap is not None else COPIES)
+        # the items' small columns in item-id order (Arrow columns: no tuple per row), then each encoder's
+        # vectors streamed (the plain join of iter_vectors, which DuckDB runs in bounded memory even for wide
+        # vectors) into their rows in place
+        small = arrow_table(con, f"SELECT i.item_id, i.key, hash_hex(i.content_hash), {lab} AS y, {grp} AS g "
+                                 f"{base}{filt} ORDER BY i.item_id", [*lparams, *gparams, dataset, *fparams])
+        ids = small.column(0).to_numpy().astype(np.int64, copy=False)
+        keys, hashes, ys, gs = (small.column(c).to_pylist() for c in (1, 2, 3, 4))
+        del small
+        X = _matrix(n, sum(dims), memmap)
+        off, written = 0, 0
         for record, d in zip(records, dims):
             for batch_ids, x in iter_vectors(con, dataset, record):
                 pos = np.minimum(np.searchsorted(ids, batch_ids), n - 1)
                 hit = ids[pos] == batch_ids  # items without a label or another encoder's vector are not rows
                 X[pos[hit], off:off + d] = x[hit]
+                written += x.nbytes
+                if memmap is not None and written >= DROP_BYTES:
+                    _drop_pages(X)
+                    written = 0
             off += d
+        if memmap is not None:
+            _drop_pages(X)
+            X = np.load(memmap, mmap_mode="r")
         if group and all(g is None for g in gs):
             raise NotFoundError(f"no item of dataset {dataset!r} has a {group!r} column (for --group-column); "
                                 f"columns: {', '.join(_columns(con, dataset))}")
@@ -139,29 +156,58 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
 
 
 ROW_BYTES = 300   # a row's item id, key, content hash and label as Python objects, beside its features
-COPIES = 3        # the matrix, the scaled copy a head makes, and a fold's training rows
+COPIES = 5        # the float32 matrix, and a head's float64 copy of it, scaled (2 x 2 x float32)
+DROP_BYTES = 256 * 2**20  # a memory-mapped matrix being written is dropped from memory after this much
 
 
-def check_memory(n: int, width: int, dataset: str) -> None:
+def _matrix(n: int, width: int, memmap: str | os.PathLike | None) -> np.ndarray:
+    if memmap is None:
+        return np.empty((n, width), dtype=np.float32)
+    return np.lib.format.open_memmap(Path(memmap), mode="w+", dtype=np.float32, shape=(n, width))
+
+
+def _drop_pages(X: np.memmap) -> None:
+    """Write a memory-mapped matrix's dirty pages to its file and drop them from this process's memory (the
+    page cache keeps them for the reads that follow, without counting them against this process)."""
+    X.flush()
+    X._mmap.madvise(mmap.MADV_DONTNEED)
+
+
+def check_memory(n: int, width: int, dataset: str, copies: int = COPIES) -> None:
     """Refuse, before anything is read, features whose matrix and the copies a fit makes would not fit the
-    memory there is (EMBEDSTORE_FEATURES_MEMORY, default what the system has available)."""
+    memory there is (EMBEDSTORE_FEATURES_MEMORY, default what the system has available). `copies=0`: the matrix
+    goes to a file and is read back in chunks (memmap)."""
     raw = config.setting("features_memory")
     budget = config.available_memory() if raw == "auto" else config.size("features_memory")
-    need = n * (COPIES * 4 * width + ROW_BYTES)
+    need = n * (copies * 4 * width + ROW_BYTES)
     if budget and need > budget:
+        held = f"{copies} float32 copies while a head fits" if copies else "read from a file in chunks"
+        advice = ("Fit a head that streams its features from a file (--model sgd), fit on a sample of the rows "
+                  "(ingest a subset into its own dataset), use a narrower encoder" if copies else
+                  "Fit on a sample of the rows (ingest a subset into its own dataset)")
         raise MemoryLimitError(
             f"the features of dataset {dataset!r} need about {need / 1e9:.1f} GB ({n:,} rows x {width} float32 "
-            f"features, {COPIES} copies while a head fits, and each row's key and label), but "
+            f"features, {held}, and each row's key and label), but "
             f"{budget / 1e9:.1f} GB is available ({'system MemAvailable' if raw == 'auto' else 'EMBEDSTORE_FEATURES_MEMORY'}"
-            "). Fit on a sample of the rows (ingest a subset into its own dataset), use a narrower encoder, close "
-            "other programs, or set EMBEDSTORE_FEATURES_MEMORY higher if the memory is there")
+            f"). {advice}, close other programs, or set EMBEDSTORE_FEATURES_MEMORY higher if the memory is there")
 
 
-def features_for(db: "Database", dataset: str, encoder: str, label: str | None, group: str | None = None
-                 ) -> FeatureSet:
+def check_disk(path: Path, need: int, dataset: str) -> None:
+    """Refuse a memory-mapped matrix that the file system at `path` has no room for (before writing any)."""
+    import shutil
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write features to {path}: folder {path.parent} does not exist")
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise MemoryLimitError(f"the features of dataset {dataset!r} need {need / 1e9:.1f} GB at {path}, but "
+                               f"{free / 1e9:.1f} GB is free there: choose a path on a larger disk")
+
+
+def features_for(db: "Database", dataset: str, encoder: str, label: str | None, group: str | None = None,
+                 memmap: str | os.PathLike | None = None) -> FeatureSet:
     """The dataset's features for an encoder spec as a user writes it ('' = its only encoder; `a+b`
     concatenates)."""
-    return load_features(db, dataset, catalog.resolve_feature_set(db, encoder, dataset), label, group)
+    return load_features(db, dataset, catalog.resolve_feature_set(db, encoder, dataset), label, group, memmap)
 
 
 def texts_of(db: "Database", dataset: str, item_ids: Sequence[int]) -> list[str | None]:

@@ -436,6 +436,129 @@ class LightGBMHead(_Booster, _Classifier):
         return np.column_stack([1 - p, p]) if p.ndim == 1 else p
 
 
+SGD_ALPHAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+SGD_TUNE_ROWS = 100_000
+SGD_SEEN = 1_000_000   # epochs="auto": passes enough to see about this many rows (SGD's usual rule), 5 to 50
+
+
+def sgd_epochs(n: int) -> int:
+    return int(min(50, max(5, -(-SGD_SEEN // max(n, 1)))))
+
+
+class SGDLogisticHead(_Linear):
+    """Logistic regression by stochastic gradient descent (scikit-learn's SGDClassifier, log loss, partial_fit)
+    over chunks of rows: the head for features larger than memory. It reads X a chunk at a time, so that a
+    np.memmap (store.features(..., memmap=PATH); `heads fit --model sgd` makes one) stays on disk and the fit's
+    memory does not grow with the rows. Features are standardised by default (means and scales from one streamed
+    pass); alpha="auto" is chosen on a sample of up to 100k rows by a 25% hold-out, then `epochs` shuffled passes
+    over every row fit the head (epochs="auto": enough to see about a million rows, from 5 to 50 passes)."""
+
+    def __init__(self, alpha: float | str = AUTO, epochs: int | str = AUTO, normalize: str = "standard",
+                 class_weight: str | None = None, random_state: int = 0):
+        self.alpha = alpha
+        self.epochs = epochs
+        self.normalize = normalize
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> "SGDLogisticHead":
+        return self.fit_rows(X, y, None)
+
+    def fit_rows(self, X: Any, y: Any, rows: np.ndarray | None) -> "SGDLogisticHead":
+        """Fit on X[rows] (default: every row) without copying them out of X first. An in-memory X is checked
+        whole as every head's is; a memory-mapped one by shape here and for finite values chunk by chunk."""
+        from heads.streaming import RowReader, blocks, shuffled_chunks
+        if isinstance(X, np.memmap):
+            if X.ndim != 2 or len(y) != len(X):
+                raise ValueError(f"expected a 2-D feature matrix and one label per row, got X {X.shape}, "
+                                 f"{len(y)} labels")
+            self.n_features_in_ = X.shape[1]
+        else:
+            X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        if self.normalize not in ("standard", "l2", "none"):
+            raise ValueError(f"normalize must be one of ('standard', 'l2', 'none'), got {self.normalize!r}")
+        if self.epochs != AUTO and not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise ValueError(f"epochs must be an integer >= 1 or 'auto', got {self.epochs!r}")
+        rows = np.arange(len(X)) if rows is None else np.asarray(rows)
+        y = np.asarray(y)[rows]
+        check_classification_targets(y)
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"a classifier needs at least 2 classes; y has 1 class: {self.classes_[0]!r}")
+        reader, parts = RowReader(X), blocks(len(rows))
+        rng = np.random.default_rng(self.random_state)
+        self.normalize_ = self.normalize
+        if self.normalize_ == "standard":  # one streamed pass: sums in float64
+            total, squares = np.zeros(X.shape[1]), np.zeros(X.shape[1])
+            for a in range(0, len(rows), 65_536):
+                x = self._finite(reader.read(rows[a:a + 65_536]))
+                total += x.sum(axis=0)
+                squares += (x * x).sum(axis=0)
+            self.mean_ = total / len(rows)
+            scale = np.sqrt(np.maximum(squares / len(rows) - self.mean_ ** 2, 0))
+            self.scale_ = np.where(scale > 1e-12, scale, 1.0)
+        weights = self._weights(self.class_weight)
+        if weights == "balanced":  # partial_fit takes no "balanced": the same weights from the class counts
+            counts = np.bincount(codes, minlength=len(self.classes_))
+            weights = {k: len(codes) / (len(counts) * c) for k, c in enumerate(counts)}
+        self.alpha_ = self._alpha(reader, rows, codes, weights, rng) if self.alpha == AUTO else float(self.alpha)
+        sgd = self._model(self.alpha_, weights)
+        self.epochs_ = sgd_epochs(len(rows)) if self.epochs == AUTO else self.epochs
+        for _ in range(self.epochs_):
+            for chunk in shuffled_chunks(parts, rng):
+                x = self._transform(self._finite(reader.read(rows[chunk])))
+                mix = rng.permutation(len(chunk))
+                sgd.partial_fit(x[mix], codes[chunk][mix], classes=np.arange(len(self.classes_)))
+        self.coef_, self.intercept_, self.n_iter_ = sgd.coef_, sgd.intercept_, self.epochs_
+        return self
+
+    def _model(self, alpha: float, weights: Any) -> Any:
+        from sklearn.linear_model import SGDClassifier
+        return SGDClassifier(loss="log_loss", alpha=alpha, class_weight=weights, random_state=self.random_state)
+
+    def _alpha(self, reader: Any, rows: np.ndarray, codes: np.ndarray, weights: Any,
+               rng: np.random.Generator) -> float:
+        """alpha by a 25% hold-out on a random sample of up to SGD_TUNE_ROWS rows (each grid value fitted to
+        convergence there): larger data needs less regularisation, which the full passes then get too."""
+        import time
+        pick = np.sort(rng.choice(len(rows), size=min(len(rows), SGD_TUNE_ROWS), replace=False))
+        x = self._transform(self._finite(reader.read(rows[pick])))
+        c = codes[pick]
+        held = rng.random(len(pick)) < 0.25
+        path, best = [], (-1.0, SGD_ALPHAS[len(SGD_ALPHAS) // 2])
+        if held.all() or not held.any() or len(np.unique(c[~held])) < 2:
+            self.tuning_ = Tuning("alpha", best[1], None, 0, len(pick), [], "not tuned: too few rows").as_dict()
+            return best[1]
+        for alpha in SGD_ALPHAS:
+            t0 = time.perf_counter()
+            model = _quiet_fit(self._model(alpha, weights).set_params(max_iter=50, tol=1e-4), x[~held], c[~held])
+            f1 = macro_f1(c[held], model.predict(x[held]))
+            path.append({"value": alpha, "score": round(f1, 4), "seconds": round(time.perf_counter() - t0, 3)})
+            best = max(best, (f1, alpha), key=lambda b: b[0])
+        self.tuning_ = Tuning("alpha", best[1], round(best[0], 4), 1, len(pick), path, "grid done").as_dict()
+        return best[1]
+
+    @staticmethod
+    def _finite(x: np.ndarray) -> np.ndarray:
+        if not np.isfinite(x).all():
+            raise ValueError("Input X contains NaN or infinity")
+        return x
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Chunk by chunk: a memory-mapped X is never copied whole."""
+        from heads.streaming import in_chunks
+        check_is_fitted(self)
+        if not isinstance(X, np.memmap):
+            X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        elif X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[-1]} features, but SGDLogisticHead is expecting "
+                             f"{self.n_features_in_} features as input")
+        return in_chunks(lambda x: self._proba(self._transform(self._finite(x))), X)
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        return _probabilities(self._decision(X))
+
+
 class _Regressor(RegressorMixin, _Head):
     def _xy(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         X, y = validate_data(self, X, y, y_numeric=True)
@@ -569,6 +692,9 @@ MODELS: dict[str, Model] = {
                  {"n_neighbors": [5, 15, 45]}),
     "mlp": Model(MLPHead, "classification", "one-hidden-layer MLP, early stopping",
                  {"hidden": [128, 512], "alpha": [1e-4, 1e-2]}),
+    "sgd": Model(SGDLogisticHead, "classification", "logistic regression by SGD over chunks of rows: for "
+                 "features larger than memory (streamed from a file; alpha chosen on a sample)",
+                 {"alpha": [1e-5, 1e-4, 1e-3, 1e-2]}),
     "lightgbm": Model(LightGBMHead, "classification", "gradient-boosted trees (LightGBM), early stopping",
                       {"num_leaves": [15, 31, 63], "learning_rate": [0.03, 0.1]}),
     "ridge": Model(RidgeHead, "regression", "ridge regression", {"alpha": [0.1, 1.0, 10.0, 100.0]}),

@@ -13,6 +13,7 @@ import numpy as np
 
 from embedstore.errors import InputError, WeakHeadWarning  # noqa: F401 (re-exported)
 from heads.estimators import MODELS, make
+from heads.streaming import CHUNK_ROWS
 
 
 # -- metrics -----------------------------------------------------------------------------------------------------
@@ -111,6 +112,7 @@ METRICS = {"classification": ("accuracy", "macro_f1", "mcc"), "multilabel": ("mi
 # -- splits ------------------------------------------------------------------------------------------------------
 OVERLAP_SPAN = 4  # words: a row this long or longer that lies inside another row is scored on its side of a split
 OVERLAP_CANDIDATES = 64  # rows looked at per opening run (a run common to more rows is checked against these)
+OVERLAP_MAX_ROWS = 2_000_000  # above it rows are not grouped: the runs' table would take GBs (said in the protocol)
 
 
 def overlap_groups(texts: list[str | None], span: int = OVERLAP_SPAN) -> np.ndarray | None:
@@ -155,6 +157,12 @@ def split_groups(db: Any, dataset: str, fs: Any, group: str | None) -> tuple[np.
     `overlap_groups` (None, None when rows share nothing)."""
     if group:
         return fs.groups, f"column {group!r}"
+    if len(fs.item_ids) > OVERLAP_MAX_ROWS:
+        import logging
+        logging.getLogger("embedstore").warning(
+            "%s rows are too many to group by containment (at most %s): splits are not grouped; give "
+            "--group-column to keep related rows together", f"{len(fs.item_ids):,}", f"{OVERLAP_MAX_ROWS:,}")
+        return None, None
     from embedstore.features import texts_of
     groups = overlap_groups(texts_of(db, dataset, fs.item_ids))
     return (groups, f"containment ({OVERLAP_SPAN}+ word phrases inside longer rows)") if groups is not None else (None, None)
@@ -231,6 +239,13 @@ class Protocol:
         return f"{kind}hold-out {self.test_size:.0%} (seed {self.seed}{by}{why})"
 
 
+def predict_rows(est: Any, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """est.predict(X[rows]); a streaming head's a chunk at a time (X may be a memory-mapped matrix on disk)."""
+    if not hasattr(est, "fit_rows"):
+        return est.predict(X[rows])
+    return np.concatenate([est.predict(X[rows[a:a + CHUNK_ROWS]]) for a in range(0, len(rows), CHUNK_ROWS)])
+
+
 def evaluate_splits(model: str, params: dict, X: np.ndarray, y: np.ndarray, task: str,
                     splits: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """Mean (and std over folds) of each metric with the majority baseline's, plus mean fit seconds."""
@@ -238,9 +253,12 @@ def evaluate_splits(model: str, params: dict, X: np.ndarray, y: np.ndarray, task
     for tr, te in splits:
         est = make(model, params)
         t0 = time.perf_counter()
-        est.fit(X[tr], y[tr])
+        if hasattr(est, "fit_rows"):  # a streaming head reads the rows from X itself (X may be on disk)
+            est.fit_rows(X, y, tr)
+        else:
+            est.fit(X[tr], y[tr])
         fit_s.append(time.perf_counter() - t0)
-        per.append(scored(task, y[tr], y[te], est.predict(X[te])))
+        per.append(scored(task, y[tr], y[te], predict_rows(est, X, te)))
     return {**mean_scores(task, per), "fit_seconds": float(np.mean(fit_s))}
 
 

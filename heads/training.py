@@ -8,6 +8,7 @@ import platform
 import time
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
@@ -18,7 +19,7 @@ from embedstore.features import features_for, features_of
 from embedstore.fsutil import remove_other_versions
 from embedstore.store import catalog
 from embedstore.store.catalog import check_name
-from embedstore.store.layout import head_dir
+from embedstore.store.layout import head_dir, scratch_root
 from embedstore.validate import expect
 from heads.estimators import MODELS, make
 from heads.head import Head, load
@@ -40,6 +41,8 @@ def auto_choices(est) -> dict:
     if tuning:
         out["tuned"] = tuning
         out[tuning["param"]] = tuning["value"]
+    if getattr(est, "epochs", None) == "auto" and hasattr(est, "epochs_"):
+        out["epochs"] = est.epochs_
     return out
 
 
@@ -177,7 +180,38 @@ def fit(db: "Database", dataset: str, *, encoder: str = "", label: str = "label"
         raise InputError("--model auto ranks heads by CV or a hold-out split of the training data: it takes no "
                          "--search, --dev-dataset or test_size=0")
     name = check_name(name or f"{dataset}-{model}", "head")
-    fs = features_for(db, dataset, encoder, label, group)
+    with scratch_file(db, "features.npy", enabled=model != "auto" and hasattr(MODELS[model].cls, "fit_rows")) as path:
+        return _fit_head(db, dataset, encoder, label, model, name, params, cv, test_size, seed, group,
+                         search_params, budget, dev_dataset, task, path)
+
+
+@contextmanager
+def scratch_file(db: "Database", filename: str, enabled: bool = True) -> Iterator[Path | None]:
+    """A path in the store's scratch folder for this command (None when not `enabled`), removed afterwards; what
+    killed commands left there (folders named by a process id that no longer runs) is removed first."""
+    if not enabled:
+        yield None
+        return
+    db.require_writable()
+    import os
+    import shutil
+    import tempfile
+    root = scratch_root(db.path)
+    root.mkdir(exist_ok=True)
+    for old in root.glob("pid*-*"):
+        pid = old.name[3:].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(dir=root, prefix=f"pid{os.getpid()}-"))
+    try:
+        yield folder / filename
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _fit_head(db, dataset, encoder, label, model, name, params, cv, test_size, seed, group, search_params, budget,
+              dev_dataset, task, memmap) -> tuple[Head, dict]:
+    fs = features_for(db, dataset, encoder, label, group, memmap=memmap)
     X = fs.X
     if model == "auto":
         check_auto_labels(fs.y, label)

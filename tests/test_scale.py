@@ -15,6 +15,7 @@ import pytest
 
 import embedstore
 import heads
+from embedstore.errors import InputError
 from tests.conftest import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,10 +193,71 @@ def test_a_fit_whose_features_do_not_fit_in_memory_is_refused_before_it_starts(t
     assert out.returncode != 0 and "Traceback" not in out.stderr
     msg = out.stderr.strip().splitlines()[-1]
     assert "need about 0.0 GB (200 rows x 64 float32 features" in msg and "EMBEDSTORE_FEATURES_MEMORY" in msg
-    assert "sample" in msg
+    assert "sample" in msg and "--model sgd" in msg
     with embedstore.open(store) as s:  # nothing was written; with the memory there, the same fit runs
         assert not s.sql("SELECT * FROM heads").rows()
         head, _ = heads.fit(s, "d", encoder="hashing:64", label="label")
+    # the head that streams its features from a file needs no copy of them in memory: it fits on the same budget
+    out = cli("heads", "fit", "--dataset", "d", "--label", "label", "--model", "sgd", store=store, env=env)
+    assert "Traceback" not in out.stderr
+    assert not any((store / "scratch").iterdir())  # its memory-mapped features are gone with it
+
+
+def _learnable_rows(n: int, seed: int = 0) -> list[dict]:
+    """Text rows whose label a linear head on hashing:64 learns well (a marker word), with noise words."""
+    rng = np.random.default_rng(seed)
+    words = [f"w{j}" for j in range(300)]
+    return [{"id": f"r{i}", "text": " ".join(rng.choice(words, 10)) + f" mark{i % 3}{rng.integers(0, 2)}",
+             "label": f"c{i % 3}"} for i in range(n)]
+
+
+def test_features_memory_mapped_equal_the_in_memory_ones_and_the_sgd_head_streams_them(tmp_path):
+    from heads.estimators import SGDLogisticHead, LogisticHead
+    with embedstore.open(tmp_path / "s") as s:
+        s.ingest(_learnable_rows(3000), dataset="d", encoder="hashing:64", id_column="id", label_column="label",
+                 progress=False)
+        X, y = s.features("d", encoder="hashing:64")
+        M, ym = s.features("d", encoder="hashing:64", memmap=tmp_path / "x.npy")
+        assert isinstance(M, np.memmap) and not M.flags.writeable
+        assert np.array_equal(np.asarray(M), X) and list(ym) == list(y)
+        assert np.array_equal(np.load(tmp_path / "x.npy"), X)  # a plain .npy any tool reads
+        with pytest.raises(InputError, match="does not exist"):
+            s.features("d", encoder="hashing:64", memmap=tmp_path / "no" / "x.npy")
+    rows = np.setdiff1d(np.arange(3000), np.arange(0, 3000, 5))
+    test = np.arange(0, 3000, 5)
+    streamed = SGDLogisticHead().fit_rows(M, y, rows)
+    copied = SGDLogisticHead().fit(X[rows], y[rows])
+    assert np.allclose(streamed.coef_, copied.coef_) and streamed.alpha_ == copied.alpha_
+    assert streamed.tuning_["param"] == "alpha" and len(streamed.tuning_["path"]) > 1
+    acc = np.mean(streamed.predict(M[test]) == y[test])
+    reference = np.mean(LogisticHead().fit(X[rows], y[rows]).predict(X[test]) == y[test])
+    assert acc >= reference - 0.03 and acc > 0.6, (acc, reference)
+    with pytest.raises(ValueError, match="X has 32 features, but SGDLogisticHead is expecting 64"):
+        streamed.predict(X[:5, :32])
+    bad = X[rows].copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        SGDLogisticHead().fit(bad, y[rows])
+
+
+def test_heads_fit_sgd_is_scored_stored_and_reloaded_and_leftover_scratch_of_dead_commands_is_removed(tmp_path):
+    with embedstore.open(tmp_path / "s") as s:
+        s.ingest(_learnable_rows(2000), dataset="d", encoder="hashing:64", id_column="id", label_column="label",
+                 progress=False)
+        dead = tmp_path / "s" / "scratch" / "pid999999999-x"
+        dead.mkdir(parents=True)
+        (dead / "features.npy").write_bytes(b"left by a killed fit")
+        head, scores = heads.fit(s, "d", encoder="hashing:64", model="sgd")
+        assert not dead.exists() and not any((tmp_path / "s" / "scratch").iterdir())
+        reference, _ = heads.fit(s, "d", encoder="hashing:64", model="logreg")
+        assert scores["macro_f1"] >= reference.meta["metrics"]["macro_f1"] - 0.02 and "hold-out" in scores["protocol"]
+        assert head.meta["auto"]["alpha"] in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+        assert head.meta["auto"]["epochs"] == 50  # 1,600 training rows: passes enough to see ~1M rows, at most 50
+        X, y = s.features("d", encoder="hashing:64")
+        again = heads.load(s, "d-sgd")
+        assert np.array_equal(again.predict(X), head.predict(X))
+        given, _ = heads.fit(s, "d", encoder="hashing:64", model="sgd", params={"alpha": 1e-3}, name="fixed")
+        assert given.meta["auto"].get("alpha") is None and given.meta["params"]["alpha"] == 1e-3
 
 
 def test_a_row_skipped_for_its_own_reasons_stays_out_though_its_content_has_a_vector(tmp_path):

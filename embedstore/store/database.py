@@ -4,7 +4,8 @@ the `Store` facade (embedstore/facade.py) is one with the verbs added.
 
 Writers are exclusive: an advisory lock file names the PID holding it, so a second writer fails at once. A
 handle takes that lock only while it writes (`writing()`: an ingest, a fit, gc, ...), and between writes reads
-through a read-only connection that it closes after each use, so a store kept open in a notebook blocks no
+through a read-only connection that it closes after each use (or EMBEDSTORE_READ_LINGER seconds later, while no
+writer is at work: repeated searches then skip re-opening the file), so a store kept open in a notebook blocks no
 command. An ingest closes its DuckDB connection while the encoder runs and reopens it to write each batch, so
 that readers (search, sql, info, heads eval) can query between batches; they retry while a batch is being
 written (up to `EMBEDSTORE_LOCK_WAIT` seconds), saying after a second what they wait for and who holds it.
@@ -16,6 +17,7 @@ import fcntl
 import logging
 import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +47,36 @@ def _announce_waiting(path: Path) -> int | None:
     return fd
 
 
+def _writer_at_work(path: Path) -> bool:
+    """Whether a writer holds the store's writer lock now (its shared flock on <store>/WRITING): a read
+    connection must then not stay open past its use, or the writer would wait for it."""
+    try:
+        fd = os.open(path / layout.WRITING_NAME, os.O_RDONLY)
+    except OSError:
+        return False  # never written by this version, or unreadable: nothing to wait for
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+_LINGERING: set["Database"] = set()  # handles of this process whose read connection is open but unused
+_LINGERING_LOCK = threading.Lock()
+
+
+def _close_lingering(db_path: Path, but: "Database") -> None:
+    """Close this process's idle read connections to the file before opening another connection to it (DuckDB
+    refuses a second connection to a file with another configuration, e.g. read-write)."""
+    with _LINGERING_LOCK:
+        others = [h for h in _LINGERING if h is not but and h.db_path == db_path]
+    for h in others:
+        h._close_idle()
+
+
 class Database:
     """A store directory's database; `read_only=True` never writes and never creates files."""
 
@@ -62,6 +94,8 @@ class Database:
         self._lock_fd: int | None = None
         self._writes = 0          # nesting depth of writing()
         self._con_rw = False      # whether the open connection is a read-write one
+        self._guard = threading.RLock()  # the connection against the linger timer's thread
+        self._idle: threading.Timer | None = None
         # in-process live indexes by (dataset, fingerprint), managed by embedstore.index.sync (opaque here)
         self.indexes: dict[tuple[str, str], Any] = {}
         if self.path.exists() and not self.path.is_dir():
@@ -100,9 +134,7 @@ class Database:
             self._writes -= 1
             if self._writes == 0:
                 self.release()
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-                self._lock_fd = None
+                self._unlock()
 
     def _acquire_lock(self) -> None:
         fd = os.open(self.path / layout.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -116,6 +148,8 @@ class Database:
                 "meanwhile read-only commands (search, sql, info, heads eval/list) work between its batches"
             ) from None
         os.close(os.open(self.path / layout.WAITING_NAME, os.O_RDWR | os.O_CREAT, 0o644))
+        self._writing_fd = os.open(self.path / layout.WRITING_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._writing_fd, fcntl.LOCK_SH)  # readers see a writer at work (blocks only for a reader's check)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()} ({' '.join(os.path.basename(a) for a in sys.argv[:3])})".encode(), 0)
         self._lock_fd = fd
@@ -191,25 +225,57 @@ class Database:
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """The connection, opened on demand: read-write while this handle holds the writer lock, else read-only
-        and closed after the outermost use, so that a writer in another process can write its next batch."""
-        if self._con is not None and self._con_rw != self.holds_lock and self._depth == 0:
-            self.release()  # a read connection from before writing() began, or a write one from after it ended
-        if self._con is None:
-            self._con = self._open_duckdb()
-            self._con_rw = self.holds_lock
-        self._depth += 1
+        and closed after the outermost use (EMBEDSTORE_READ_LINGER seconds after it, while no writer is at
+        work), so that a writer in another process can write its next batch."""
+        with self._guard:
+            self._cancel_idle()
+            if self._con is not None and self._depth == 0 and (
+                    self._con_rw != self.holds_lock or (not self.holds_lock and _writer_at_work(self.path))):
+                self.release()  # another mode than now; or a writer began and waits for this idle reader
+            if self._con is None:
+                _close_lingering(self.db_path, but=self)
+                self._con = self._open_duckdb()
+                self._con_rw = self.holds_lock
+            self._depth += 1
         try:
             yield self._con
         finally:
-            self._depth -= 1
-            if not self.holds_lock and self._depth == 0:
+            with self._guard:
+                self._depth -= 1
+                if not self.holds_lock and self._depth == 0:
+                    self._linger()
+
+    def _linger(self) -> None:
+        """After a read: keep the connection for EMBEDSTORE_READ_LINGER seconds unless a writer is at work."""
+        wait = config.number("read_linger")
+        if not wait or _writer_at_work(self.path):
+            self.release()
+            return
+        self._idle = threading.Timer(wait, self._close_idle)
+        self._idle.daemon = True
+        self._idle.start()
+        with _LINGERING_LOCK:
+            _LINGERING.add(self)
+
+    def _cancel_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        with _LINGERING_LOCK:
+            _LINGERING.discard(self)
+
+    def _close_idle(self) -> None:
+        with self._guard:
+            if self._depth == 0 and not self.holds_lock:
                 self.release()
 
     def release(self) -> None:
         """Close the DuckDB connection (keeping the write lock), e.g. while an encoder runs."""
-        if self._con is not None and self._depth == 0:
-            self._con.close()
-            self._con = None
+        with self._guard:
+            if self._con is not None and self._depth == 0:
+                self._cancel_idle()
+                self._con.close()
+                self._con = None
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -222,14 +288,18 @@ class Database:
                 raise
             con.execute("COMMIT")
 
+    def _unlock(self) -> None:
+        os.close(self._writing_fd)  # closing drops its flock
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
     def close(self) -> None:
         self._depth = 0
         self.release()
         self.indexes.clear()
         if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            self._unlock()
             self._writes = 0
 
     def __enter__(self) -> "Database":

@@ -1,7 +1,7 @@
 """Where things live inside a store directory: one place, so no module rebuilds a path from another's internals.
 
     <store>/embedstore.duckdb                      the database (source of truth)
-    <store>/LOCK, <store>/READERS                  the writer's lock; readers waiting for the database
+    <store>/LOCK, <store>/READERS, <store>/WRITING the writer's lock; readers waiting for it; a writer at work
     <store>/indexes/<dataset>/<fp16>.json          an index's sidecar, naming its data file <fp16>.<sha16>.faiss
     <store>/heads/<name>/head.<sha16>/             one version of a saved head (the database names the current one)
     <store>/heads/<name>/eval/<dataset>/           `heads eval` reports (metrics.json, confusion.png)
@@ -14,6 +14,7 @@ from pathlib import Path
 DB_NAME = "embedstore.duckdb"
 LOCK_NAME = "LOCK"
 WAITING_NAME = "READERS"  # readers waiting for the database hold a shared flock on it (see Database.yield_to_readers)
+WRITING_NAME = "WRITING"  # the writer holds a shared flock on it while it holds LOCK: readers then linger not
 
 
 def indexes_root(store: Path) -> Path:
@@ -23,6 +24,12 @@ def indexes_root(store: Path) -> Path:
 def index_sidecar(store: Path, dataset: str, fingerprint: str) -> Path:
     """The index's sidecar, which names its current data file (see VectorIndex.save)."""
     return indexes_root(store) / dataset / f"{fingerprint[:16]}.json"
+
+
+def scratch_root(store: Path) -> Path:
+    """Temporary files of one command (features memory-mapped for a streaming head); removed by that command,
+    and anything left by a killed one is removed by the next writer that uses the folder."""
+    return store / "scratch"
 
 
 def heads_root(store: Path) -> Path:
