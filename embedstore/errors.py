@@ -93,8 +93,8 @@ def resource_errors_as_clear() -> Iterator[None]:
         if type(e).__name__ == "OutOfMemoryException" or (duck and "could not allocate block" in str(e)):
             raise MemoryLimitError(f"DuckDB reached its memory limit ({detail}). Raise EMBEDSTORE_DUCKDB_MEMORY "
                                    "(e.g. 2GB) and rerun the same command (an ingest resumes where it stopped); "
-                                   "what needs it: the key indexes of large stores (about 15 MB per 100,000 items "
-                                   "and encoder) and wide vectors") from e
+                                   "what needs it: joins over millions of items, wide vectors, and the key indexes "
+                                   "of stores not yet migrated (embedstore info --migrate)") from e
         if duck and any(w in str(e).lower() for w in _CORRUPT_WORDS):
             raise StoreCorruptError(f"the store's database file is damaged ({detail}). {CORRUPT_ADVICE}") from e
         raise

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from embedstore import config
 from embedstore.errors import InputError, MemoryLimitError, NotFoundError
@@ -62,12 +63,17 @@ def label_column(con: "duckdb.DuckDBPyConnection", dataset: str) -> str | None:
 JOIN_ROWS = 2_000_000  # items per hash join of items with an embedding table (its hash table fits DuckDB's memory)
 
 
+def parts(n: int, column: str) -> list[str]:
+    """SQL conditions ("AND column % P = p") that split n rows into parts of about JOIN_ROWS by an integer
+    column: a join (or anti-join) over 10M rows builds a hash table DuckDB's default memory limit cannot hold;
+    one per part can. [""] when one part does."""
+    count = max(1, -(-n // JOIN_ROWS))
+    return [""] if count == 1 else [f"AND {column} % {count} = {p}" for p in range(count)]
+
+
 def item_parts(con: "duckdb.DuckDBPyConnection", dataset: str) -> list[str]:
-    """SQL conditions that split a dataset's items into parts of about JOIN_ROWS: a join of 10M items with their
-    vectors builds a hash table DuckDB's default memory limit cannot hold; one per part can."""
-    n = scalar(con, "SELECT count(*) FROM items WHERE dataset = ?", [dataset]) or 0
-    parts = max(1, -(-n // JOIN_ROWS))
-    return [""] if parts == 1 else [f"AND i.item_id % {parts} = {p}" for p in range(parts)]
+    """`parts` of a dataset's items (alias i) by item id."""
+    return parts(scalar(con, "SELECT count(*) FROM items WHERE dataset = ?", [dataset]) or 0, "i.item_id")
 
 
 def iter_vectors(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord",
@@ -110,8 +116,9 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
         grp, gparams = column_expr(group, named) if group else ("NULL", [])
         filt, fparams = (f" AND {lab} IS NOT NULL", lparams) if label else ("", [])
         n_ok = scalar(con, "SELECT count(*) FROM items WHERE dataset=?", [dataset])
-        n_vec = scalar(con, f"SELECT count(*) {base}", [dataset])
-        n = scalar(con, f"SELECT count(*) {base}{filt}", [dataset, *fparams])
+        split = item_parts(con, dataset)  # every join over the items runs in parts (DuckDB's memory)
+        n_vec = sum(scalar(con, f"SELECT count(*) {base} {part}", [dataset]) for part in split)
+        n = sum(scalar(con, f"SELECT count(*) {base}{filt} {part}", [dataset, *fparams]) for part in split)
         if n == 0:
             what = f"with a {label!r} label " if label else ""
             hint = "" if not label or label in ITEM_COLUMNS or named else (
@@ -126,8 +133,9 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
         # the items' small columns in item-id order (Arrow columns: no tuple per row), then each encoder's
         # vectors streamed (the plain join of iter_vectors, which DuckDB runs in bounded memory even for wide
         # vectors) into their rows in place
-        small = arrow_table(con, f"SELECT i.item_id, i.key, hash_hex(i.content_hash), {lab} AS y, {grp} AS g "
-                                 f"{base}{filt} ORDER BY i.item_id", [*lparams, *gparams, dataset, *fparams])
+        small = pa.concat_tables([arrow_table(
+            con, f"SELECT i.item_id, i.key, hash_hex(i.content_hash), {lab} AS y, {grp} AS g {base}{filt} {part}",
+            [*lparams, *gparams, dataset, *fparams]) for part in split]).sort_by("item_id")
         ids = small.column(0).to_numpy().astype(np.int64, copy=False)
         keys, hashes, ys, gs = (small.column(c).to_pylist() for c in (1, 2, 3, 4))
         del small
@@ -212,7 +220,6 @@ def features_for(db: "Database", dataset: str, encoder: str, label: str | None, 
 
 def texts_of(db: "Database", dataset: str, item_ids: Sequence[int]) -> list[str | None]:
     """The items' stored text (None for images, audio), in the order of `item_ids`."""
-    import pyarrow as pa
     with db.connect() as con:
         con.register("_ids", pa.table({"item_id": pa.array(np.asarray(item_ids, np.int64))}))
         try:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from embedstore.errors import (CORRUPT_ADVICE, CorruptFileError, NotFoundError, StoreCorruptError,
                                resource_errors_as_clear)
 from embedstore.faults import fault_point
+from embedstore.features import parts
 from embedstore.fsutil import read_verified, remove_other_versions
 from embedstore.index import sync
 from embedstore.index.faiss_index import VectorIndex
@@ -160,12 +161,16 @@ def _gc(db: "Database") -> dict:
     removed = {}
     with db.transaction() as con:
         for fp, spec, table in con.execute("SELECT fingerprint, spec, table_name FROM encoders").fetchall():
-            n = scalar(con, f"SELECT count(*) FROM {table} e WHERE NOT EXISTS "
-                            "(SELECT 1 FROM items i WHERE i.content_hash = e.content_hash)")
-            if n:
-                con.execute(f"DELETE FROM {table} e WHERE NOT EXISTS "
-                            "(SELECT 1 FROM items i WHERE i.content_hash = e.content_hash)")
-            removed[spec] = n
+            rows = max(scalar(con, "SELECT count(*) FROM items"), scalar(con, f"SELECT count(*) FROM {table}"))
+            removed[spec] = 0
+            # by hash, the same part on both sides: each anti-join's hash table fits DuckDB's memory
+            for item_part, vector_part in zip(parts(rows, "i.content_hash"), parts(rows, "e.content_hash")):
+                orphan = (f"FROM {table} e WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.content_hash = "
+                          f"e.content_hash {item_part}) {vector_part}")
+                n = scalar(con, f"SELECT count(*) {orphan}")
+                if n:
+                    con.execute(f"DELETE {orphan}")
+                removed[spec] += n
         refresh_views(con)
         fault_point("gc.before_commit")
     with db.connect() as con:

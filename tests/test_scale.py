@@ -321,3 +321,19 @@ def test_an_ingest_that_will_outgrow_the_budget_switches_to_compressed_codes_ear
         assert recall >= 0.8 and abs(recall - p["tuned_recall_at_10"]) < 0.12, (recall, p)
         assert "IDMap,SQ8" in s.info()["datasets"][0]["encoders"][0]["index"]
 
+
+
+def test_gc_deletes_exactly_the_orphaned_vectors_when_its_anti_join_runs_in_parts(tmp_path, monkeypatch):
+    from embedstore import features
+    monkeypatch.setattr(features, "JOIN_ROWS", 64)  # 10M rows' worth of parts, on 500 rows
+    with embedstore.open(tmp_path / "s") as s:
+        s.ingest([{"text": f"kept {i}"} for i in range(300)], dataset="a", encoder="hashing:64", progress=False)
+        s.ingest([{"text": f"kept {i}"} for i in range(100)] + [{"text": f"gone {i}"} for i in range(200)],
+                 dataset="b", encoder="hashing:64", progress=False)
+        s.delete_dataset("b")
+        out = s.gc()
+        assert out["vectors_deleted"] == {"hashing:64": 200}
+        assert s.sql("SELECT count(*) FROM embeddings").rows() == [(300,)]
+        table = s.resolve_encoder("hashing:64", "a").table
+        assert s.sql(f"SELECT count(*) FROM {table}").rows() == [(300,)]
+        assert s.gc()["vectors_deleted"] == {"hashing:64": 0}
