@@ -65,15 +65,26 @@ JOIN_ROWS = 2_000_000  # items per hash join of items with an embedding table (i
 
 def parts(n: int, column: str) -> list[str]:
     """SQL conditions ("AND column % P = p") that split n rows into parts of about JOIN_ROWS by an integer
-    column: a join (or anti-join) over 10M rows builds a hash table DuckDB's default memory limit cannot hold;
-    one per part can. [""] when one part does."""
+    column (e.g. a content hash, spread evenly): a join (or anti-join) over 10M rows builds a hash table DuckDB's
+    default memory limit cannot hold; one per part can. [""] when one part does."""
     count = max(1, -(-n // JOIN_ROWS))
     return [""] if count == 1 else [f"AND {column} % {count} = {p}" for p in range(count)]
 
 
 def item_parts(con: "duckdb.DuckDBPyConnection", dataset: str) -> list[str]:
-    """`parts` of a dataset's items (alias i) by item id."""
-    return parts(scalar(con, "SELECT count(*) FROM items WHERE dataset = ?", [dataset]) or 0, "i.item_id")
+    """Conditions on a dataset's items (alias i) that split them into ranges of item ids of about JOIN_ROWS
+    items each (cut at quantiles): each join's hash table fits DuckDB's memory, each part scans only the row
+    groups of its range (ids grow with insertion), and rows read in item-id order land in one region of a
+    memory-mapped matrix. [""] when one part does."""
+    n = scalar(con, "SELECT count(*) FROM items WHERE dataset = ?", [dataset]) or 0
+    count = -(-n // JOIN_ROWS)
+    if count <= 1:
+        return [""]
+    cuts = scalar(con, "SELECT quantile_disc(item_id, ?) FROM items WHERE dataset = ?",
+                  [[j / count for j in range(1, count)], dataset])
+    lows, highs = [None, *cuts], [*cuts, None]
+    return [(f"AND i.item_id > {int(lo)} " if lo is not None else "") +
+            (f"AND i.item_id <= {int(hi)}" if hi is not None else "") for lo, hi in zip(lows, highs)]
 
 
 def iter_vectors(con: "duckdb.DuckDBPyConnection", dataset: str, record: "EncoderRecord",
@@ -91,10 +102,14 @@ def iter_vectors(con: "duckdb.DuckDBPyConnection", dataset: str, record: "Encode
 
 @dataclass
 class FeatureSet:
+    """Rows in item-id order. Compact at 10M rows (tens of bytes a row, no Python object per row but a label's):
+    keys a numpy string array, content hashes their 16 raw bytes ("S16"; `.hex()` gives the hex form), labels
+    and groups object arrays sharing one Python string per distinct value."""
+
     X: np.ndarray
     y: np.ndarray | None
-    keys: list[str]
-    content_hashes: list[str]
+    keys: np.ndarray
+    content_hashes: np.ndarray
     item_ids: np.ndarray
     fingerprints: list[str]
     n_missing_vectors: int = 0
@@ -130,15 +145,18 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
         if memmap is not None:
             check_disk(Path(memmap), n * sum(dims) * 4, dataset)
         check_memory(n, sum(dims), dataset, copies=0 if memmap is not None else COPIES)
-        # the items' small columns in item-id order (Arrow columns: no tuple per row), then each encoder's
+        # the items' small columns, part by part into compact arrays, then in item-id order; then each encoder's
         # vectors streamed (the plain join of iter_vectors, which DuckDB runs in bounded memory even for wide
         # vectors) into their rows in place
-        small = pa.concat_tables([arrow_table(
-            con, f"SELECT i.item_id, i.key, hash_hex(i.content_hash), {lab} AS y, {grp} AS g {base}{filt} {part}",
-            [*lparams, *gparams, dataset, *fparams]) for part in split]).sort_by("item_id")
-        ids = small.column(0).to_numpy().astype(np.int64, copy=False)
-        keys, hashes, ys, gs = (small.column(c).to_pylist() for c in (1, 2, 3, 4))
-        del small
+        cols = [list(_compact(arrow_table(
+            con, f"SELECT i.item_id, i.key, unhex(hash_hex(i.content_hash)), {lab}, {grp} {base}{filt} {part}",
+            [*lparams, *gparams, dataset, *fparams]))) for part in split]
+        columns = [np.concatenate([c.pop(0) for c in cols]) for _ in range(5)]  # each part's arrays freed as used
+        order = np.argsort(columns[0], kind="stable")
+        for j in range(5):
+            columns[j] = columns[j][order]  # one column at a time: one extra copy at most
+        ids, keys, hashes, ys, gs = columns
+        del cols, columns, order
         X = _matrix(n, sum(dims), memmap)
         off, written = 0, 0
         for record, d in zip(records, dims):
@@ -157,10 +175,26 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
         if group and all(g is None for g in gs):
             raise NotFoundError(f"no item of dataset {dataset!r} has a {group!r} column (for --group-column); "
                                 f"columns: {', '.join(_columns(con, dataset))}")
-    return FeatureSet(X, np.asarray(ys, dtype=object) if label else None, keys, hashes, ids,
+    return FeatureSet(X, ys if label else None, keys, hashes, ids,
                       [r.fingerprint for r in records], n_missing_vectors=n_ok - n_vec,
                       n_unlabelled=n_vec - n if label else 0, specs=[r.spec for r in records],
-                      groups=np.asarray(gs, dtype=object) if group else None)
+                      groups=gs if group else None)
+
+
+def _compact(table: "pa.Table") -> tuple[np.ndarray, ...]:
+    """(item ids, keys, 16-byte hashes, labels, groups) of one part's rows as compact numpy arrays."""
+    ids = table.column(0).to_numpy().astype(np.int64, copy=False)
+    keys = np.array(table.column(1).to_pylist(), dtype=np.dtypes.StringDType())
+    raw = table.column(2).combine_chunks().cast(pa.binary(16))
+    hashes = np.frombuffer(raw.buffers()[1], dtype="S16", count=len(raw) + raw.offset)[raw.offset:].copy()
+    return ids, keys, hashes, _shared(table.column(3)), _shared(table.column(4))
+
+
+def _shared(column: "pa.ChunkedArray") -> np.ndarray:
+    """An object array in which equal values are one Python object (8 bytes a row, not a string each)."""
+    coded = column.combine_chunks().dictionary_encode()
+    values = np.array(coded.dictionary.to_pylist() + [None], dtype=object)
+    return values[coded.indices.fill_null(len(coded.dictionary)).to_numpy()]
 
 
 ROW_BYTES = 300   # a row's item id, key, content hash and label as Python objects, beside its features

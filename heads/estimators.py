@@ -692,11 +692,11 @@ MODELS: dict[str, Model] = {
                  {"n_neighbors": [5, 15, 45]}),
     "mlp": Model(MLPHead, "classification", "one-hidden-layer MLP, early stopping",
                  {"hidden": [128, 512], "alpha": [1e-4, 1e-2]}),
+    "lightgbm": Model(LightGBMHead, "classification", "gradient-boosted trees (LightGBM), early stopping",
+                      {"num_leaves": [15, 31, 63], "learning_rate": [0.03, 0.1]}),
     "sgd": Model(SGDLogisticHead, "classification", "logistic regression by SGD over chunks of rows: for "
                  "features larger than memory (streamed from a file; alpha chosen on a sample)",
                  {"alpha": [1e-5, 1e-4, 1e-3, 1e-2]}),
-    "lightgbm": Model(LightGBMHead, "classification", "gradient-boosted trees (LightGBM), early stopping",
-                      {"num_leaves": [15, 31, 63], "learning_rate": [0.03, 0.1]}),
     "ridge": Model(RidgeHead, "regression", "ridge regression", {"alpha": [0.1, 1.0, 10.0, 100.0]}),
     "knn-reg": Model(KNNRegressorHead, "regression", "cosine kNN regression", {"n_neighbors": [5, 15, 45]}),
     "lightgbm-reg": Model(LightGBMRegressorHead, "regression", "LightGBM regression, early stopping",

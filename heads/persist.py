@@ -97,7 +97,7 @@ def _write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_head_dir(store: Path, name: str, meta: dict, model: Any, train_hashes: list[str]) -> str:
+def write_head_dir(store: Path, name: str, meta: dict, model: Any, train_hashes: np.ndarray) -> str:
     """Write a new version of head `name` in the store directory `store` (see the module docstring); returns its
     manifest checksum."""
     parent = heads_root(store) / name
@@ -107,7 +107,7 @@ def write_head_dir(store: Path, name: str, meta: dict, model: Any, train_hashes:
     tmp.mkdir()
     model_json, model_npz = dump_model(model)
     hashes = io.BytesIO()
-    np.save(hashes, np.array([bytes.fromhex(h) for h in train_hashes], dtype="S16"), allow_pickle=False)
+    np.save(hashes, np.asarray(train_hashes, dtype="S16"), allow_pickle=False)  # 16 raw bytes each
     files = {"head.json": json.dumps(meta, indent=2, sort_keys=True, default=str).encode(),
              "model.json": model_json, "model.npz": model_npz, "train_hashes.npy": hashes.getvalue()}
     for fname, data in files.items():

@@ -63,8 +63,8 @@ def evaluate(db: "Database", name: str, dataset: str, *, label: str = "label",
     if warning:
         out["warning"] = warning
         warnings.warn(warning, WeakHeadWarning, stacklevel=2)
-    mine = np.array([bytes.fromhex(h) for h in fs.content_hashes], dtype="S16")
-    out.update(head=name, dataset=dataset, overlap_with_training=int(np.isin(mine, head.train_hashes).sum()))
+    out.update(head=name, dataset=dataset,
+               overlap_with_training=int(np.isin(fs.content_hashes, head.train_hashes).sum()))
     if head.task == "classification":
         classes = head.meta["classes"]
         out["unseen_labels"] = sorted(set(y) - set(classes))

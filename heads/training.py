@@ -248,8 +248,7 @@ def _fit_head(db, dataset, encoder, label, model, name, params, cv, test_size, s
         scores["warning"] = warning
         warnings.warn(warning, WeakHeadWarning, stacklevel=3)
     scores["fit_seconds"] = round(time.perf_counter() - t0, 3)
-    train_digest = hashlib.sha256("\n".join(f"{h}\t{v}" for h, v in sorted(zip(fs.content_hashes, fs.y.astype(str))))
-                                  .encode()).hexdigest()
+    train_digest = training_digest(fs.content_hashes, fs.y.astype(str))
     classes = label_names if task == "multilabel" else (
         [str(c) for c in est.classes_] if task == "classification" else [])
     values, counts = np.unique(y, return_counts=True) if task == "classification" else ([], [])
@@ -263,6 +262,18 @@ def _fit_head(db, dataset, encoder, label, model, name, params, cv, test_size, s
             "search": tried, "seed": seed, "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with db.writing():
         return _save(db, name, meta, est, fs, scores)
+
+
+def training_digest(hashes: np.ndarray, labels: np.ndarray, chunk: int = 100_000) -> str:
+    """sha256 of the sorted "hash-hex<TAB>label" lines, one per training row, computed a chunk at a time."""
+    order = np.lexsort((labels, hashes))  # by hash, then label: the order of the hex lines
+    digest = hashlib.sha256()
+    for a in range(0, len(order), chunk):
+        rows = order[a:a + chunk]
+        hexes = hashes[rows].tobytes().hex()  # the whole buffer: element access would drop trailing zero bytes
+        lines = "\n".join(f"{hexes[32 * j:32 * j + 32]}\t{v}" for j, v in enumerate(labels[rows]))
+        digest.update((("\n" if a else "") + lines).encode())
+    return digest.hexdigest()
 
 
 def _save(db: "Database", name: str, meta: dict, est, fs, scores: dict) -> tuple[Head, dict]:

@@ -70,4 +70,4 @@ def zero_shot(db: "Database", dataset: str, labels: Sequence[str], *, encoder: s
         unmatched = sum(v is not None for v in y) - int(known.sum())
         if known.any():
             metrics = score("classification", np.asarray(y, dtype=object)[known], pred[known])
-    return ZeroShotResult(labels, fs.keys, pred, proba.astype(np.float32), metrics, unmatched)
+    return ZeroShotResult(labels, fs.keys.tolist(), pred, proba.astype(np.float32), metrics, unmatched)
