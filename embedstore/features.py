@@ -148,13 +148,14 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
         # the items' small columns, part by part into compact arrays, then in item-id order; then each encoder's
         # vectors streamed (the plain join of iter_vectors, which DuckDB runs in bounded memory even for wide
         # vectors) into their rows in place
-        cols = [list(_compact(arrow_table(
+        cols = [_compact(arrow_table(
             con, f"SELECT i.item_id, i.key, unhex(hash_hex(i.content_hash)), {lab}, {grp} {base}{filt} {part}",
-            [*lparams, *gparams, dataset, *fparams]))) for part in split]
+            [*lparams, *gparams, dataset, *fparams]), bool(label), bool(group)) for part in split]
         columns = [np.concatenate([c.pop(0) for c in cols]) for _ in range(5)]  # each part's arrays freed as used
         order = np.argsort(columns[0], kind="stable")
         for j in range(5):
-            columns[j] = columns[j][order]  # one column at a time: one extra copy at most
+            if len(columns[j]):
+                columns[j] = columns[j][order]  # one column at a time: one extra copy at most
         ids, keys, hashes, ys, gs = columns
         del cols, columns, order
         X = _matrix(n, sum(dims), memmap)
@@ -181,13 +182,16 @@ def load_features(db: "Database", dataset: str, records: list["EncoderRecord"], 
                       groups=gs if group else None)
 
 
-def _compact(table: "pa.Table") -> tuple[np.ndarray, ...]:
-    """(item ids, keys, 16-byte hashes, labels, groups) of one part's rows as compact numpy arrays."""
+def _compact(table: "pa.Table", label: bool, group: bool) -> list[np.ndarray]:
+    """[item ids, keys, 16-byte hashes, labels, groups] of one part's rows as compact numpy arrays (labels and
+    groups empty when not asked for)."""
     ids = table.column(0).to_numpy().astype(np.int64, copy=False)
     keys = np.array(table.column(1).to_pylist(), dtype=np.dtypes.StringDType())
     raw = table.column(2).combine_chunks().cast(pa.binary(16))
     hashes = np.frombuffer(raw.buffers()[1], dtype="S16", count=len(raw) + raw.offset)[raw.offset:].copy()
-    return ids, keys, hashes, _shared(table.column(3)), _shared(table.column(4))
+    nothing = np.empty(0, dtype=object)
+    return [ids, keys, hashes, _shared(table.column(3)) if label else nothing,
+            _shared(table.column(4)) if group else nothing]
 
 
 def _shared(column: "pa.ChunkedArray") -> np.ndarray:

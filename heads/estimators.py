@@ -25,6 +25,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from embedstore.errors import InputError
+from heads.streaming import RowReader, blocks, in_chunks, shuffled_chunks
 from heads.tuning import AUTO, Tuning, macro_f1, scalings, tune, tune_with_scaling
 
 NORMALIZE = ("auto", "l2", "standard", "none")
@@ -467,7 +468,6 @@ class SGDLogisticHead(_Linear):
     def fit_rows(self, X: Any, y: Any, rows: np.ndarray | None) -> "SGDLogisticHead":
         """Fit on X[rows] (default: every row) without copying them out of X first. An in-memory X is checked
         whole as every head's is; a memory-mapped one by shape here and for finite values chunk by chunk."""
-        from heads.streaming import RowReader, blocks, shuffled_chunks
         if isinstance(X, np.memmap):
             if X.ndim != 2 or len(y) != len(X):
                 raise ValueError(f"expected a 2-D feature matrix and one label per row, got X {X.shape}, "
@@ -501,7 +501,8 @@ class SGDLogisticHead(_Linear):
         if weights == "balanced":  # partial_fit takes no "balanced": the same weights from the class counts
             counts = np.bincount(codes, minlength=len(self.classes_))
             weights = {k: len(codes) / (len(counts) * c) for k, c in enumerate(counts)}
-        self.alpha_ = self._alpha(reader, rows, codes, weights, rng) if self.alpha == AUTO else float(self.alpha)
+        self.alpha_ = self._alpha(reader, rows, parts, codes, weights, rng) if self.alpha == AUTO else \
+            float(self.alpha)
         sgd = self._model(self.alpha_, weights)
         self.epochs_ = sgd_epochs(len(rows)) if self.epochs == AUTO else self.epochs
         for _ in range(self.epochs_):
@@ -516,12 +517,13 @@ class SGDLogisticHead(_Linear):
         from sklearn.linear_model import SGDClassifier
         return SGDClassifier(loss="log_loss", alpha=alpha, class_weight=weights, random_state=self.random_state)
 
-    def _alpha(self, reader: Any, rows: np.ndarray, codes: np.ndarray, weights: Any,
+    def _alpha(self, reader: Any, rows: np.ndarray, parts: list[np.ndarray], codes: np.ndarray, weights: Any,
                rng: np.random.Generator) -> float:
-        """alpha by a 25% hold-out on a random sample of up to SGD_TUNE_ROWS rows (each grid value fitted to
+        """alpha by a 25% hold-out on a sample of up to SGD_TUNE_ROWS rows, random blocks of `parts` (scattered
+        single rows of a memory-mapped matrix would map most of the file; each grid value is fitted to
         convergence there): larger data needs less regularisation, which the full passes then get too."""
         import time
-        pick = np.sort(rng.choice(len(rows), size=min(len(rows), SGD_TUNE_ROWS), replace=False))
+        pick = next(shuffled_chunks(parts, rng, SGD_TUNE_ROWS))
         x = self._transform(self._finite(reader.read(rows[pick])))
         c = codes[pick]
         held = rng.random(len(pick)) < 0.25
@@ -546,7 +548,6 @@ class SGDLogisticHead(_Linear):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Chunk by chunk: a memory-mapped X is never copied whole."""
-        from heads.streaming import in_chunks
         check_is_fitted(self)
         if not isinstance(X, np.memmap):
             X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])

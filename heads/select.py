@@ -158,6 +158,10 @@ def split_groups(db: Any, dataset: str, fs: Any, group: str | None) -> tuple[np.
     if group:
         return fs.groups, f"column {group!r}"
     if len(fs.item_ids) > OVERLAP_MAX_ROWS:
+        with db.connect() as con:
+            if con.execute("SELECT 1 FROM items WHERE dataset = ? AND text IS NOT NULL LIMIT 1",
+                           [dataset]).fetchall() == []:
+                return None, None  # no text (images, audio, vectors imported without it): nothing to group by
         import logging
         logging.getLogger("embedstore").warning(
             "%s rows are too many to group by containment (at most %s): splits are not grouped; give "

@@ -1,8 +1,9 @@
 """Rows of a feature matrix read a chunk at a time, for heads that learn from features larger than memory.
 
 A matrix from `store.features(..., memmap=PATH)` is a np.memmap: reading it through the mapping would leave every
-page it touched in this process's memory (RSS), so that a pass over 10M rows ends holding the whole matrix. The
-reader copies each chunk out and drops the mapping's pages as it goes; the page cache still serves re-reads.
+page it touched in this process's memory (RSS), and the kernel's read-ahead around each touched page makes a
+sample of 100k scattered rows map most of a 2.4 GB file. The reader copies each chunk out and drops the
+mapping's pages after every read; the page cache still serves re-reads.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import numpy as np
 
 CHUNK_ROWS = 65_536    # rows per chunk a streaming head reads (64-d: 32 MB as float64)
 BLOCK_ROWS = 1_024     # rows kept together when a pass is shuffled: reads stay sequential within a block
-DROP_BYTES = 256 * 2**20
 
 
 class RowReader:
@@ -23,15 +23,11 @@ class RowReader:
     def __init__(self, X: Any):
         self.X = X
         self.mapping = getattr(X, "_mmap", None) if isinstance(X, np.memmap) else None
-        self.since_drop = 0
 
     def read(self, index: Any) -> np.ndarray:
         out = np.array(self.X[index], dtype=np.float64)
         if self.mapping is not None:
-            self.since_drop += out.nbytes // 2
-            if self.since_drop >= DROP_BYTES:
-                self.mapping.madvise(mmap.MADV_DONTNEED)
-                self.since_drop = 0
+            self.mapping.madvise(mmap.MADV_DONTNEED)  # a chunk is tens of MB: the call costs far less than it
         return out
 
 
