@@ -479,7 +479,8 @@ class SGDLogisticHead(_Linear):
             raise ValueError(f"normalize must be one of ('standard', 'l2', 'none'), got {self.normalize!r}")
         if self.epochs != AUTO and not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise ValueError(f"epochs must be an integer >= 1 or 'auto', got {self.epochs!r}")
-        rows = np.arange(len(X)) if rows is None else np.asarray(rows)
+        # in file order: scattered rows (a split's shuffled indices) would map most of a memory-mapped file
+        rows = np.arange(len(X)) if rows is None else np.sort(np.asarray(rows))
         y = np.asarray(y)[rows]
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)

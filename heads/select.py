@@ -13,7 +13,7 @@ import numpy as np
 
 from embedstore.errors import InputError, WeakHeadWarning  # noqa: F401 (re-exported)
 from heads.estimators import MODELS, make
-from heads.streaming import CHUNK_ROWS
+from heads.streaming import CHUNK_ROWS, RowReader
 
 
 # -- metrics -----------------------------------------------------------------------------------------------------
@@ -244,10 +244,17 @@ class Protocol:
 
 
 def predict_rows(est: Any, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """est.predict(X[rows]); a streaming head's a chunk at a time (X may be a memory-mapped matrix on disk)."""
+    """est.predict(X[rows]); a streaming head's a chunk at a time, in file order (X may be a memory-mapped
+    matrix on disk: see heads.streaming), returned in the order of `rows`."""
     if not hasattr(est, "fit_rows"):
         return est.predict(X[rows])
-    return np.concatenate([est.predict(X[rows[a:a + CHUNK_ROWS]]) for a in range(0, len(rows), CHUNK_ROWS)])
+    order = np.argsort(rows, kind="stable")
+    reader, ordered = RowReader(X), rows[order]
+    predicted = np.concatenate([est.predict(reader.read(ordered[a:a + CHUNK_ROWS]))
+                                for a in range(0, len(rows), CHUNK_ROWS)])
+    out = np.empty_like(predicted)
+    out[order] = predicted
+    return out
 
 
 def evaluate_splits(model: str, params: dict, X: np.ndarray, y: np.ndarray, task: str,

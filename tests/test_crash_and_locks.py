@@ -182,6 +182,40 @@ def test_a_query_is_let_in_between_batches_of_a_fast_ingest(tmp_path):
         proc.wait()
 
 
+def test_a_reader_keeps_its_connection_briefly_only_while_no_writer_works(tmp_path, monkeypatch):
+    """Repeated searches reuse one read connection for EMBEDSTORE_READ_LINGER seconds (no re-open per query);
+    a writer in another process still gets in (it waits at most that long), and while a writer holds the lock
+    the reader closes the file after each use, as without lingering."""
+    store = tmp_path / "store"
+    with embedstore.open(store) as s:
+        s.ingest([{"text": f"{w} {i}"} for i, w in enumerate(WORDS)], dataset="d", encoder=ENC, progress=False)
+    monkeypatch.setenv("EMBEDSTORE_READ_LINGER", "5")
+    reader = embedstore.open(store, read_only=True)
+    q = embedstore.encoders.get_encoder(ENC).embed(["alpha beta"]).vectors
+    reader.search("d", vector=q, k=2)
+    lingering = reader._con
+    assert lingering is not None
+    reader.search("d", vector=q, k=3)
+    assert reader._con is lingering  # reused, not re-opened
+    src = tmp_path / "more.tsv"
+    src.write_text("text\n" + "".join(f"more {w}\n" for w in WORDS))
+    # a writer in another process: waits for the idle reader (at most 5 s here), then writes
+    cli("embedstore", "ingest", str(src), "--dataset", "d", "--encoder", ENC, "--quiet", store=store,
+        env={"EMBEDSTORE_READ_LINGER": "5"})
+    assert reader._con is None  # closed by its timer
+    hold = subprocess.Popen([sys.executable, "-c", "import sys, time, embedstore; s = embedstore.open(sys.argv[1]);\n"
+                             "with s.writing():\n    print('held', flush=True); time.sleep(4)", str(store)],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert hold.stdout.readline().strip() == "held"
+    assert len(reader.search("d", vector=q, k=40)) == 2 * len(WORDS)  # sees the writer's commit
+    assert reader._con is None  # a writer holds the lock: no lingering
+    hold.wait(timeout=30)
+    monkeypatch.setenv("EMBEDSTORE_READ_LINGER", "0")
+    reader.search("d", vector=q, k=2)
+    assert reader._con is None
+    reader.close()
+
+
 def test_a_long_lived_reader_follows_what_writers_commit(tmp_path):
     """A read-only Store kept open (a notebook) sees every later commit in search: appends are caught up in
     memory, a re-keyed item makes it rebuild; results equal exact search each time."""
