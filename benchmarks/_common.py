@@ -73,7 +73,16 @@ def wait_quiet(max_wait: float = 300, limit: float = 0.3) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process' peak resident set size so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    """This process' peak resident set size so far, in MiB: VmHWM of /proc/self/status, the high-water mark of
+    this program's own memory. Not ru_maxrss: Linux carries that across fork + exec, so a benchmark's child
+    would report its parent's size at the fork when that was larger (measured: 4.7 GB for a 1.3 GB child)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

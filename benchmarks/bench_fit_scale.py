@@ -4,7 +4,7 @@ the in-memory way (store.features into RAM, StandardScaler, scikit-learn's SGDCl
 The store: --n seeded clustered 64-d unit vectors (bench_knn's generator) written straight into items and an
 embedding table, each labelled with one of 3 classes by a fixed linear rule plus noise (learnable, not
 separable), and a test dataset of 100k rows from the same generator. Each way runs in a fresh subprocess, one
-after the other (same machine, same run): wall time, peak RSS (ru_maxrss) and accuracy on the test rows. The
+after the other (same machine, same run): wall time, peak RSS (VmHWM) and accuracy on the test rows. The
 goal: the streaming fit's peak RSS beyond its baseline under one copy of the matrix (rows x 64 x 4 bytes): the
 matrix never in RAM, its bookkeeping (ids, keys, hashes, labels: ~100 bytes a row at most) beside it, where the
 in-memory way needs the matrix and its float64 scaled copy; accuracy within 0.01 of it.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from _common import import_library, parser, ratio, show, timed, verdict, write_results
+from _common import import_library, parser, peak_rss_mb, ratio, show, timed, verdict, write_results
 
 DIM, CLASSES, TEST_ROWS = 64, 3, 100_000
 
@@ -92,7 +91,7 @@ def child(way: str, store_path: str) -> None:
                 extra = {"epochs": int(model.n_iter_)}
     print(json.dumps({"way": way, "seconds": t.seconds, "test_accuracy": float(np.mean(predicted == yt)),
                       "rss_after_imports_mb": base, "rss_with_test_features_mb": base_with_test,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}))
+                      "peak_rss_mb": peak_rss_mb(), **extra}))
 
 
 def run_child(way: str, store: Path) -> dict:

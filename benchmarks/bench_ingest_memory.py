@@ -1,7 +1,7 @@
 """Ingest memory and the cache-hit path.
 
   streaming  `hashing:384` ingest of seeded synthetic text CSVs of 60k and 600k rows, each in a fresh
-             subprocess; peak RSS (the child's ru_maxrss) beyond the index's own rows x 384 x 4 bytes, and how
+             subprocess; peak RSS (the child's VmHWM) beyond the index's own rows x 384 x 4 bytes, and how
              much that excess grows from 60k to 600k rows (goal <= 30%: memory must not scale with the input).
   cache hit  minilm on the first 5k SST-2 train rows: re-ingesting the same unchanged file vs the first
              ingest (goal >= 20x faster). The hashing encoder is too cheap to be the peer here.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import import_library, parser, ratio, rss_mb, show, sst2_file, timed, verdict, write_results
+from _common import import_library, parser, peak_rss_mb, ratio, rss_mb, show, sst2_file, timed, verdict, write_results
 
 DIM = 384
 
@@ -55,7 +54,7 @@ def child(csv_path: str, store_path: str) -> None:
                                progress=False)
     print(json.dumps({"rows": rep.rows, "embedded": rep.embedded, "seconds": t.seconds, "index": rep.index,
                       "rss_after_imports_mb": base,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def streaming(sizes: list[int], tmp: Path, exact_index_max: int | None) -> dict:

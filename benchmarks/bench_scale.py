@@ -3,7 +3,7 @@
   ingest  `hashing:64` ingest of seeded synthetic text CSVs (5-40 pseudo-words a row, bench_ingest_memory's
           generator) of --sizes rows (default 1M and 10M), each in a fresh subprocess (the store as a user
           has it: default settings), then the same file re-ingested in another fresh subprocess. Per size: wall
-          time per row, peak RSS (the child's ru_maxrss) beyond the index's own bytes (its FAISS file, which
+          time per row, peak RSS (the child's VmHWM) beyond the index's own bytes (its FAISS file, which
           is what it holds in memory), store size on disk, the index chosen. Goals: time per row large/small
           <= 1.3; growth of the RSS beyond the index <= 30%; the re-ingest embeds 0 in < 5% of the first time.
 
@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import parser, ratio, rss_mb, show, timed, verdict, write_results
+from _common import parser, peak_rss_mb, ratio, rss_mb, show, timed, verdict, write_results
 from bench_ingest_memory import synthetic_csv
 
 ENCODER = "hashing:64"
@@ -43,7 +42,7 @@ def child(csv_path: str, store_path: str) -> None:
                       "index": rep.index, "index_params": meta.get("params"),
                       "index_file_mb": side.with_name(meta["file"]).stat().st_size / 2**20,
                       "rss_after_imports_mb": base,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def run_child(csv_path: Path, store: Path) -> dict:
