@@ -316,8 +316,9 @@ def test_full_disk_during_heads_fit_is_a_clear_error(tmp_path, small_tmpfs):
 
 
 def test_duckdb_memory_limit_is_a_clear_error_and_the_rerun_completes(tmp_path):
-    """DuckDB keeps key indexes in memory; a store that outgrows EMBEDSTORE_DUCKDB_MEMORY fails with advice,
-    keeps what it committed, and resumes once the limit is raised."""
+    """An ingest that outgrows EMBEDSTORE_DUCKDB_MEMORY (8 MB here: the joins of its last steps, since per-chunk
+    lookups of a fresh dataset stay small) fails with advice, keeps what it committed, and the rerun with the limit
+    raised completes it: every row once."""
     src = write_part(tmp_path / "big.tsv", 0, 40_000)
     store = tmp_path / "store"
     proc = subprocess.run(ingest_cmd(src, store, chunk=2000), cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -325,7 +326,7 @@ def test_duckdb_memory_limit_is_a_clear_error_and_the_rerun_completes(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "DuckDB reached its memory limit" in proc.stderr and "EMBEDSTORE_DUCKDB_MEMORY" in proc.stderr
     kept = check_store(store, {})
-    assert len(kept) < 40_000
+    assert 0 < len(kept) <= 40_000
     cli("embedstore", "ingest", str(src), "--dataset", "d", "--encoder", ENC, "--id-column", "id",
         "--label-column", "label", "--quiet", store=store)
     assert len(check_store(store, kept)) == 40_000
