@@ -244,3 +244,15 @@ def test_a_long_lived_reader_follows_what_writers_commit(tmp_path):
     assert check(reader, "kappa lambda mu nu xi")[0] == "new"
     assert check(reader, "omicron pi rho sigma")[0] != "new"
     reader.close()
+
+
+def test_store_connections_draw_no_progress_bar_on_stdout(tmp_path):
+    """DuckDB prints a progress bar on stdout for queries past 2 s; under load that broke `ingest --json`
+    (stdout no longer one JSON document). Every connection the store opens turns it off."""
+    with embedstore.open(tmp_path / "s") as s:
+        with s.writing(), s.connect() as con:
+            assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False
+    reader = embedstore.open(tmp_path / "s", read_only=True)
+    with reader.connect() as con:
+        assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False
+    reader.close()

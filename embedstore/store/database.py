@@ -162,11 +162,14 @@ class Database:
         try:
             while True:
                 try:
-                    return duckdb.connect(str(self.db_path), read_only=not self.holds_lock, config={
+                    con = duckdb.connect(str(self.db_path), read_only=not self.holds_lock, config={
                         "memory_limit": config.setting("duckdb_memory"),
                         "enable_external_access": self.files,
                         # no extension is fetched or loaded behind the user's back (e.g. by sqlite_scan)
                         "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+                    # DuckDB draws a progress bar on stdout for queries past 2 s: it broke `--json` output
+                    con.execute("SET enable_progress_bar = false")
+                    return con
                 except duckdb.Error as e:
                     msg = str(e).lower()
                     if "storage version" in msg or "newer version" in msg:
