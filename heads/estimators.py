@@ -52,6 +52,15 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
+def feature_scale(var: np.ndarray, mean: np.ndarray, n: int) -> np.ndarray:
+    """Standard deviations to divide by, 1 where a feature is constant within the rounding of its own values
+    (scikit-learn's StandardScaler bound). Not an absolute floor: all-MiniLM-L6-v2 has dimensions near 1e-33 whose
+    variation carries signal (SMS spam macro-F1 0.974 with them standardised, 0.963 without)."""
+    eps = np.finfo(np.float64).eps
+    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    return np.where(constant, 1.0, np.sqrt(var))
+
+
 def _probabilities(z: np.ndarray) -> np.ndarray:
     """Class probabilities from decision values: one column (binary) through the sigmoid, else a softmax."""
     if z.shape[1] == 1:
@@ -76,8 +85,7 @@ class _Head(BaseEstimator):
         self.normalize_ = normalize or self._scalings(X)[0]
         if self.normalize_ == "standard":
             self.mean_ = X.mean(axis=0)
-            scale = X.std(axis=0)
-            self.scale_ = np.where(scale > 1e-12, scale, 1.0)
+            self.scale_ = feature_scale(X.var(axis=0), self.mean_, len(X))
         return self._transform(X)
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
@@ -496,8 +504,7 @@ class SGDLogisticHead(_Linear):
                 total += x.sum(axis=0)
                 squares += (x * x).sum(axis=0)
             self.mean_ = total / len(rows)
-            scale = np.sqrt(np.maximum(squares / len(rows) - self.mean_ ** 2, 0))
-            self.scale_ = np.where(scale > 1e-12, scale, 1.0)
+            self.scale_ = feature_scale(np.maximum(squares / len(rows) - self.mean_ ** 2, 0), self.mean_, len(rows))
         weights = self._weights(self.class_weight)
         if weights == "balanced":  # partial_fit takes no "balanced": the same weights from the class counts
             counts = np.bincount(codes, minlength=len(self.classes_))

@@ -300,3 +300,17 @@ def test_splits_keep_the_phrases_of_one_sentence_together(store):
     assert any("inside longer rows" in n for n in rows.notes)
     _, refit = heads.fit(store, "phr", model=rows[0]["model"], cv=3, name="phr-refit")
     assert refit["macro_f1"] == pytest.approx(rows[0]["cv_macro_f1"], abs=1e-12)
+
+
+@pytest.mark.parametrize("model", ["logreg", "sgd"])
+def test_standardising_keeps_tiny_but_varying_dimensions(model):
+    """all-MiniLM-L6-v2 has dimensions near 1e-33 that carry signal (the careful script's StandardScaler uses them):
+    only a feature constant within its own rounding is left unscaled, whatever its magnitude."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 600)
+    X = rng.normal(size=(600, 4))                        # noise...
+    X[:, 1] = (y * 2 - 1 + rng.normal(0, 0.3, 600)) * 1e-33   # ...and the label, at 1e-33
+    X[:, 2] = 5.0                                        # a constant column stays harmless
+    head = make(model, {"normalize": "standard"}).fit(X, y)
+    assert head.scale_[2] == 1.0 and head.scale_[1] < 1e-30
+    assert (head.predict(X) == y).mean() > 0.9
