@@ -258,8 +258,9 @@ def predict_rows(est: Any, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def evaluate_splits(model: str, params: dict, X: np.ndarray, y: np.ndarray, task: str,
-                    splits: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """Mean (and std over folds) of each metric with the majority baseline's, plus mean fit seconds."""
+                    splits: list[tuple[np.ndarray, np.ndarray]], predictions: list | None = None) -> dict:
+    """Mean (and std over folds) of each metric with the majority baseline's, plus mean fit seconds. Each split's
+    (held-out rows, predictions) are appended to `predictions` when given."""
     per, fit_s = [], []
     for tr, te in splits:
         est = make(model, params)
@@ -269,8 +270,39 @@ def evaluate_splits(model: str, params: dict, X: np.ndarray, y: np.ndarray, task
         else:
             est.fit(X[tr], y[tr])
         fit_s.append(time.perf_counter() - t0)
-        per.append(scored(task, y[tr], y[te], predict_rows(est, X, te)))
+        pred = predict_rows(est, X, te)
+        if predictions is not None:
+            predictions.append((te, pred))
+        per.append(scored(task, y[tr], y[te], pred))
     return {**mean_scores(task, per), "fit_seconds": float(np.mean(fit_s))}
+
+
+def _macro_f1_counts(confusion: np.ndarray) -> np.ndarray:
+    """Macro-F1 of each [.., k, k] confusion matrix (rows true, columns predicted); a class absent from both
+    the truth and the predictions is left out, as scikit-learn's labels=None does."""
+    tp = np.diagonal(confusion, axis1=-2, axis2=-1)
+    true, pred = confusion.sum(axis=-1), confusion.sum(axis=-2)
+    present = (true + pred) > 0
+    f1 = np.where(present, 2 * tp / np.maximum(true + pred, 1), 0.0)
+    return f1.sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
+
+
+def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int = 400,
+                      seed: int = 0) -> tuple[float, float]:
+    """(macro-F1 of predictions `a` minus that of `b` on the same held-out rows, its standard error by the paired
+    bootstrap): how far apart two heads are, and how much of that the particular rows could explain."""
+    classes, codes = np.unique(np.concatenate([y, a, b]).astype(str), return_inverse=True)
+    k, n = len(classes), len(y)
+    ty, ta, tb = codes[:n], codes[n:2 * n], codes[2 * n:]
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n, np.full(n, 1 / n), size=n_boot)  # [n_boot, n] row counts of each resample
+
+    def f1s(pred: np.ndarray) -> np.ndarray:
+        cells = ty * k + pred
+        conf = np.stack([np.bincount(cells, weights=w, minlength=k * k) for w in weights]).reshape(n_boot, k, k)
+        return _macro_f1_counts(conf)
+    full = lambda pred: float(_macro_f1_counts(np.bincount(ty * k + pred, minlength=k * k).reshape(k, k)))  # noqa: E731
+    return full(ta) - full(tb), float(np.std(f1s(ta) - f1s(tb)))
 
 
 # -- search ------------------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ from embedstore.validate import expect
 from heads.estimators import MODELS, make
 from heads.head import Head, load
 from heads.persist import write_head_dir
-from heads.select import (METRICS, PRIMARY, Protocol, WeakHeadWarning, evaluate_splits, scored, search,
-                          split_groups, weakness)
+from heads.select import (METRICS, PRIMARY, Protocol, WeakHeadWarning, evaluate_splits, paired_difference, scored,
+                          search, split_groups, weakness)
 from heads.targets import targets
 
 if TYPE_CHECKING:
@@ -140,14 +140,33 @@ def params_for(model: str, params: dict) -> dict:
 
 
 def _pick_model(models: list[str], X, y, task, splits, fixed: dict, records: list) -> tuple[str, list[dict]]:
-    """`--model auto`: every candidate (with its automatic choices) under the protocol's splits, best first."""
-    table = []
+    """`--model auto`: every candidate (with its automatic choices) under the protocol's splits, best first. The
+    best is kept unless it beats the default head (the first candidate: logreg) by no more than one standard error
+    of their paired difference on the held-out rows (the one-standard-error rule): a lead that the particular rows
+    could explain does not justify leaving the calibrated, fast default."""
+    table, held_out = [], {}
     for m in models:
         with estimator_errors_as_clear(m):
-            res = evaluate_splits(m, declared_scaling(m, params_for(m, fixed), records), X, y, task, splits)
+            held_out[m] = []
+            res = evaluate_splits(m, declared_scaling(m, params_for(m, fixed), records), X, y, task, splits,
+                                  held_out[m])
         table.append({"model": m, **{k: res[k] for k in METRICS[task]}, "fit_seconds": res["fit_seconds"]})
     table.sort(key=lambda r: -r[PRIMARY[task]])
-    return table[0]["model"], table
+    best, default = table[0]["model"], models[0]
+    if best == default:
+        return best, table
+    rows = np.concatenate([te for te, _ in held_out[default]])
+    lead, se = paired_difference(np.asarray(y)[rows], np.concatenate([p for _, p in held_out[best]]),
+                                 np.concatenate([p for _, p in held_out[default]]))
+    keep = default if lead <= se else best
+    for r in table:
+        if r["model"] == best:
+            r["lead_over_default"], r["lead_se"] = round(lead, 6), round(se, 6)
+            r["decision"] = (f"kept: {best} leads {default} by {lead:.4f} macro-F1, more than one standard error "
+                             f"({se:.4f})") if keep == best else (
+                             f"not kept: its lead over {default}, {lead:.4f} macro-F1, is within one standard error "
+                             f"({se:.4f}) of the paired difference on {len(rows):,} held-out rows")
+    return keep, table
 
 
 @resource_errors_as_clear()
