@@ -56,6 +56,7 @@ def _versions() -> dict:
 
 
 AUTO_MODELS = ("logreg", "svm", "knn")
+LEAD_SE = 1.96  # standard errors of the paired difference by which another head must beat logreg for auto to pick it
 LIGHTGBM_AUTO_CELLS = 5_000_000  # rows x dims x classes up to which `auto` also tries LightGBM (~a minute a fit)
 
 
@@ -141,9 +142,9 @@ def params_for(model: str, params: dict) -> dict:
 
 def _pick_model(models: list[str], X, y, task, splits, fixed: dict, records: list) -> tuple[str, list[dict]]:
     """`--model auto`: every candidate (with its automatic choices) under the protocol's splits, best first. The
-    best is kept unless it beats the default head (the first candidate: logreg) by no more than one standard error
-    of their paired difference on the held-out rows (the one-standard-error rule): a lead that the particular rows
-    could explain does not justify leaving the calibrated, fast default."""
+    best is kept when its lead over the default head (the first candidate: logreg) is significant: more than
+    LEAD_SE standard errors of their paired difference on the held-out rows (one-sided p < 0.025). A lead the
+    particular rows could explain does not justify leaving the calibrated, fast default."""
     table, held_out = [], {}
     for m in models:
         with estimator_errors_as_clear(m):
@@ -158,14 +159,15 @@ def _pick_model(models: list[str], X, y, task, splits, fixed: dict, records: lis
     rows = np.concatenate([te for te, _ in held_out[default]])
     lead, se = paired_difference(np.asarray(y)[rows], np.concatenate([p for _, p in held_out[best]]),
                                  np.concatenate([p for _, p in held_out[default]]))
-    keep = default if lead <= se else best
+    keep = best if lead > LEAD_SE * se else default
     for r in table:
         if r["model"] == best:
             r["lead_over_default"], r["lead_se"] = round(lead, 6), round(se, 6)
-            r["decision"] = (f"kept: {best} leads {default} by {lead:.4f} macro-F1, more than one standard error "
-                             f"({se:.4f})") if keep == best else (
-                             f"not kept: its lead over {default}, {lead:.4f} macro-F1, is within one standard error "
-                             f"({se:.4f}) of the paired difference on {len(rows):,} held-out rows")
+            r["decision"] = (f"kept: {best} leads {default} by {lead:.4f} macro-F1, {lead / max(se, 1e-12):.1f} "
+                             f"standard errors ({se:.4f})") if keep == best else (
+                             f"not kept: its lead over {default}, {lead:.4f} macro-F1, is {lead / max(se, 1e-12):.1f} "
+                             f"standard errors ({se:.4f}) of the paired difference on {len(rows):,} held-out rows, "
+                             f"not the {LEAD_SE} a significant lead takes")
     return keep, table
 
 
