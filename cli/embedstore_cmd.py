@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ EPILOG = """examples:
   embedstore search --dataset sst2 --text "a warm, funny film" -k 5
   embedstore embed "a warm, funny film" --encoder minilm                              # the vector, as JSON
   embedstore ingest ./photos/ --dataset pets --encoder efficientnet-lite0             # label = parent folder
+  embedstore ingest big.parquet --dataset web --encoder minilm --engine ray --workers 2  # on Ray Data
   embedstore search --dataset pets --image query.jpg -k 10
   embedstore sql "SELECT label, count(*) FROM items WHERE dataset='sst2' GROUP BY label"
   embedstore info
@@ -47,6 +49,18 @@ def build_parser():
                      "another source file put in the dataset (e.g. v1/data.csv then v2/data.csv: keys are "
                      "<file name>:<row>); without it such an ingest is refused")
     ing.add_argument("--quiet", action="store_true", help="no progress bar")
+    ray = ing.add_argument_group("Ray Data engine (pip install 'embedstore[ray]')")
+    ray.add_argument("--engine", choices=("local", "ray"), default="local", help="local: this process (default); "
+                     "ray: encoder actors on Ray Data, results staged as Parquet shards and merged into this store "
+                     "(same items and vectors)")
+    ray.add_argument("--ray-address", help="an existing Ray cluster (e.g. auto, ray://head:10001); default: the "
+                     "cluster RAY_ADDRESS names, else a local Ray on this machine")
+    ray.add_argument("--workers", type=int, default=1, help="encoder actors (each loads the model once; default 1)")
+    ray.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per actor (default 0: CPU actors)")
+    ray.add_argument("--batch-size", type=int, default=256, help="rows an actor embeds at a time; each batch is "
+                     "one staged shard (default 256)")
+    ray.add_argument("--staging", help="folder for the staged shards (default <store>/staging/ray; on a cluster: "
+                     "shared storage the workers and this machine both see)")
     add_json_arg(ing)
     add_store_arg(ing)
 
@@ -190,14 +204,30 @@ def _read_vector(path: str):
                          f"file), found {text[:40]!r}... ({e})") from None
 
 
+def engine_options(args) -> dict:
+    """The engine and its sizing as store.ingest takes them; a Ray-only flag without --engine ray is refused."""
+    ray_flags = {"ray_address": None, "workers": 1, "gpus_per_worker": 0, "batch_size": 256, "staging": None}
+    if args.engine == "ray":
+        if args.chunk_size is not None:
+            raise InputError("--chunk-size sizes the local engine's transactions; with --engine ray use --batch-size")
+        return {"engine": "ray", **{k: getattr(args, k) for k in ray_flags}}
+    given = [f"--{k.replace('_', '-')}" for k, default in ray_flags.items() if getattr(args, k) != default]
+    if given:
+        raise InputError(f"{', '.join(given)} size the Ray engine: add --engine ray")
+    return {"chunk_size": args.chunk_size}
+
+
 def cmd_ingest(args) -> int:
     from embedstore.validate import split_names
     reports = []
-    with open_store(args, read_only=False, create=True) as store, inputs(args.source, args.format) as (source, name):
+    # with --json, stdout holds the report alone: what else is printed meanwhile (Ray's messages about its
+    # workers) goes to stderr
+    with open_store(args, read_only=False, create=True) as store, inputs(args.source, args.format) as (source, name), \
+            contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         for spec in split_names(args.encoder, "encoder specs"):
             report = store.ingest(source, dataset=args.dataset, encoder=spec, **vars(table_options(args)),
-                                  source_name=name, chunk_size=args.chunk_size, progress=not args.quiet,
-                                  replace=args.replace)
+                                  source_name=name, progress=not args.quiet, replace=args.replace,
+                                  **engine_options(args))
             reports.append(report)
             if not args.json:
                 print(report.summary())

@@ -146,11 +146,11 @@ class ImportedEncoder(Encoder):
     scheme = "imported"
     modality = "text"
 
-    def __init__(self, record: dict, device: str = "imported"):
+    def __init__(self, record: dict, device: str = "imported", dtype: str = "float32"):
         super().__init__(record["spec"], record["spec"], {})
         self.record = record
         self.modality = record["modality"]
-        self._device = device
+        self._device, self._dtype = device, dtype
 
     def identity(self) -> dict:
         return self.record["config"]
@@ -174,8 +174,19 @@ class ImportedEncoder(Encoder):
     def device(self) -> str:
         return self._device
 
-    def run(self, prepared: list) -> Embedded:
-        return Embedded(np.stack([c.vector for c in prepared]), None,
+    @property
+    def dtype(self) -> str:
+        return self._dtype
+
+    @classmethod
+    def standing_for(cls, enc: Encoder, device: str, dtype: str) -> "ImportedEncoder":
+        """Carries vectors that `enc` made elsewhere (a Ray worker), under its own identity."""
+        return cls({"spec": enc.spec, "modality": enc.modality, "config": enc.identity(), "fingerprint": enc.fingerprint,
+                    "dim": enc.dim, "unit_norm": enc.unit_norm, "versions": enc.versions()}, device, dtype)
+
+    def run(self, prepared: list) -> Embedded:  # a row without a vector (none carried) reads as non-finite
+        return Embedded(np.stack([c.vector if c.vector is not None else np.full(self.dim, np.nan, np.float32)
+                                  for c in prepared]), None,
                         np.array([c.truncated for c in prepared], dtype=bool))
 
 
@@ -233,11 +244,13 @@ def _records(folder: Path, manifest: dict, dim: int) -> Iterator[Record]:
                                                           ("key", "content_hash", "label", "text", "meta",
                                                            "truncated"))
             for i in range(batch.num_rows):
-                yield Record(keys[i], _content(texts[i], hashes[i], vectors[i], bool(truncs[i])), labels[i],
+                yield Record(keys[i], carried(texts[i], hashes[i], vectors[i], bool(truncs[i])), labels[i],
                              json.loads(metas[i]) if metas[i] else None, str(folder))
 
 
-def _content(text: str | None, digest: str, vector: np.ndarray, truncated: bool) -> Any:
+def carried(text: str | None, digest: str, vector: np.ndarray | None, truncated: bool) -> Any:
+    """A row's content for the pipeline with its hash and vector carried (no encoder runs): the text itself when
+    the item keeps one, else a stand-in (image and audio bytes do not travel)."""
     if text is None:
         return _Carried(digest, vector, truncated)
     c = _CarriedText(text)

@@ -28,12 +28,27 @@ class Store(Database):
     across several with `with store.writing():`); `read_only=True` never writes."""
 
     # -- writes ------------------------------------------------------------------------------------------------
-    def ingest(self, source: Any, *, dataset: str, encoder: str, **options: Any) -> "_ingest.IngestReport":
-        """Embed `source` into `dataset` (see embedstore.ingest.ingest for the options)."""
+    def ingest(self, source: Any, *, dataset: str, encoder: str, engine: str = "local",
+               **options: Any) -> "_ingest.IngestReport":
+        """Embed `source` into `dataset` (see embedstore.ingest.ingest for the options). `engine="ray"` embeds on
+        Ray Data (embedstore.ingest.ray_engine; its sizing: ray_address, workers, gpus_per_worker, batch_size,
+        staging) and merges into this store: the same items and vectors."""
         expect(dataset, str, "dataset")
         if not isinstance(encoder, (str, Encoder)):
             raise InputError(f"encoder must be a spec such as 'minilm' or 'hashing:256' (see `embedstore encoders`), "
                              f"not {type(encoder).__name__}")
+        sizing = {k: options.pop(k) for k in ("ray_address", "workers", "gpus_per_worker", "batch_size", "staging")
+                  if k in options}
+        if engine == "ray":
+            from embedstore.ingest import ray_engine
+            if "chunk_size" in options:
+                raise InputError("chunk_size sizes the local engine's transactions; with engine='ray' use batch_size")
+            opts = ray_engine.RayOptions(**{("address" if k == "ray_address" else k): v for k, v in sizing.items()})
+            return ray_engine.ingest(self, source, dataset=dataset, encoder=encoder, options=opts, **options)
+        if engine != "local":
+            raise InputError(f"unknown engine {engine!r}; available: local, ray")
+        if sizing:
+            raise InputError(f"{', '.join(sizing)} size the Ray engine: pass engine='ray' (--engine ray) with them")
         return _ingest.ingest(self, source, dataset=dataset, encoder=encoder, **options)
 
     def delete_dataset(self, name: str) -> dict:

@@ -23,7 +23,7 @@ LAYERS = [
     ("verbs: ingest, search, sql, maintenance, exchange", r"embedstore\.(ingest(\..*)?|search|sql|maintenance|exchange)"),
     ("heads", r"heads(\..*)?"),
     ("the facade; test fixtures", r"embedstore\.(facade|testing)"),
-    ("the package face and the CLI", r"embedstore|embedstore\.cli(\..*)?"),
+    ("the package face and the CLI", r"embedstore|embedstore\.ray|embedstore\.cli(\..*)?"),
 ]
 
 

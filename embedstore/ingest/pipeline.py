@@ -13,7 +13,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -124,7 +124,7 @@ def ingest(db: "Database", source: Any, *, dataset: str, encoder: str | Encoder,
     identity = unchanged.file_identity(source, opts, {"source_name": source_name, "modality": enc.modality})
     with db.writing():
         if identity and (before := unchanged.recorded(db, enc, dataset, identity)) is not None:
-            return _unchanged_report(before, time.perf_counter() - start)
+            return unchanged_report(before, time.perf_counter() - start)
         src = open_source(source, opts, source_name, enc.modality)
         report = ingest_source(db, enc, src, dataset=dataset, label_column=label_column, replace=replace,
                                chunk_size=chunk_size, progress=progress)
@@ -133,7 +133,7 @@ def ingest(db: "Database", source: Any, *, dataset: str, encoder: str | Encoder,
     return report
 
 
-def _unchanged_report(before: dict, seconds: float) -> IngestReport:
+def unchanged_report(before: dict, seconds: float) -> IngestReport:
     """What re-ingesting an unchanged file into an unchanged dataset amounts to: every item unchanged, every
     vector cached, the same skips and repeats as the ingest that made it so."""
     r = IngestReport(**{k: before[k] for k in ("dataset", "encoder", "fingerprint", "rows", "skipped", "truncated",
@@ -148,17 +148,20 @@ def _unchanged_report(before: dict, seconds: float) -> IngestReport:
 
 
 def ingest_source(db: "Database", enc: Encoder, src: Any, *, dataset: str, label_column: str | None = None,
-                  replace: bool = False, chunk_size: int | None = None, progress: bool = True) -> IngestReport:
-    """`ingest` of an opened Source (records already read by a source reader, or an import's carried rows)."""
+                  replace: bool = False, chunk_size: int | None = None, progress: bool = True,
+                  on_commit: Callable[[int], None] | None = None) -> IngestReport:
+    """`ingest` of an opened Source (records already read by a source reader, or an import's carried rows).
+    `on_commit(rows)` is called after each committed chunk with the number of source rows committed so far."""
     db.require_writable()
     check_name(dataset)
     start = time.perf_counter()
     with db.writing():
-        return _ingest(db, enc, src, dataset, label_column, replace, chunk_size, progress, start)
+        return _ingest(db, enc, src, dataset, label_column, replace, chunk_size, progress, start, on_commit)
 
 
 def _ingest(db: "Database", enc: Encoder, src: Any, dataset: str, label_column: str | None, replace: bool,
-            chunk_size: int | None, progress: bool, start: float) -> IngestReport:
+            chunk_size: int | None, progress: bool, start: float,
+            on_commit: Callable[[int], None] | None = None) -> IngestReport:
     it = iter(src)
     cut: list[SourceCutError] = []
     head = _take(it, 1, cut)  # the first row: a reader's own errors (a missing column) come before anything is written
@@ -179,6 +182,8 @@ def _ingest(db: "Database", enc: Encoder, src: Any, dataset: str, label_column: 
         while chunk := _take(it, size, cut):
             t0 = time.perf_counter()
             _ingest_chunk(db, enc, record, live, run, chunk, bar)
+            if on_commit:
+                on_commit(report.rows)
             if cut:  # the source failed after these rows: they are committed, the error is the ingest's outcome
                 live.persist()
                 raise cut[0]

@@ -13,16 +13,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from functools import partial
+from typing import Any, Callable, Iterator, Sequence
 
 from embedstore.errors import InputError
 from embedstore.sources.fasta import open_sequences, sequence_format
-from embedstore.sources.media import from_arrays, from_waveforms, open_media_source, read_idx
+from embedstore.sources.media import _dir_records, _listed, from_arrays, from_waveforms, open_media_source, read_idx
 from embedstore.sources.records import Record, Source, TableOptions
 from embedstore.sources.tables import FORMATS, open_rows
 
 __all__ = ["FORMATS", "Files", "Record", "Source", "TableOptions", "from_arrays", "from_waveforms", "open_source",
-           "read_idx"]
+           "read_idx", "read_parts"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,43 @@ def _in_turn(parts: list[Source], notes: list[str]) -> Iterator[Record]:
     for part in parts:
         yield from part
         notes.extend(part.notes)
+
+
+MEDIA_FILES_PER_PART = 256
+
+
+def read_parts(source: Any, opts: TableOptions, name: str | None = None, modality: str = "text",
+               files_per_part: int = MEDIA_FILES_PER_PART) -> tuple[list[Callable[[], Iterator[Record]]], list[str]] | None:
+    """The source cut into parts that read on their own (a cluster engine runs one task per part), whose records
+    in turn are exactly `open_source`'s, and the notes of the listing: one part per file of a file list, runs of
+    `files_per_part` files of an image or audio folder, else the whole file. None for a source that is not on
+    disk (Python rows, DataFrames, arrays): it is read where it is."""
+    if isinstance(source, Files):
+        names = [Path(p).name for p in source.paths]
+        root = Path(os.path.commonpath([str(Path(p).expanduser().resolve()) for p in source.paths])) \
+            if source.paths else None
+        parts = [partial(_file_part, p, opts, modality,
+                         (base, str(Path(p).expanduser().resolve().relative_to(root))) if names.count(base) > 1 else None)
+                 for p, base in zip(source.paths, names)]
+        return (parts, []) if parts else None
+    if not isinstance(source, (str, Path)):
+        return None
+    path = Path(source).expanduser()
+    if modality in ("image", "audio") and path.is_dir():
+        files, notes = _listed(path, modality)
+        origin = name or str(path.resolve())
+        return [partial(_media_part, path, files[i:i + files_per_part], modality, origin)
+                for i in range(0, len(files), files_per_part)], notes
+    return [partial(_file_part, source, opts, modality, None, name)], []
+
+
+def _file_part(path: str | Path, opts: TableOptions, modality: str, renamed: tuple[str, str] | None,
+               name: str | None = None) -> Iterator[Record]:
+    src = open_source(path, opts, name, modality)
+    if renamed:
+        _prefixed(src, *renamed)
+    return iter(src)
+
+
+def _media_part(root: Path, files: list[Path], modality: str, origin: str) -> Iterator[Record]:
+    return iter(_located(Source(root.name, _dir_records(root, files, modality)), origin))

@@ -32,6 +32,11 @@ def scratch_root(store: Path) -> Path:
     return store / "scratch"
 
 
+def ray_staging_root(store: Path) -> Path:
+    """Where the Ray engine's workers write result shards for the driver to merge (when not given elsewhere)."""
+    return store / "staging" / "ray"
+
+
 def heads_root(store: Path) -> Path:
     return store / "heads"
 
