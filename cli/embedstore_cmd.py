@@ -219,15 +219,14 @@ def engine_options(args) -> dict:
 
 def cmd_ingest(args) -> int:
     from embedstore.validate import split_names
-    reports = []
+    reports, engine = [], engine_options(args)  # a misused flag is refused before the store is created
     # with --json, stdout holds the report alone: what else is printed meanwhile (Ray's messages about its
     # workers) goes to stderr
     with open_store(args, read_only=False, create=True) as store, inputs(args.source, args.format) as (source, name), \
             contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         for spec in split_names(args.encoder, "encoder specs"):
             report = store.ingest(source, dataset=args.dataset, encoder=spec, **vars(table_options(args)),
-                                  source_name=name, progress=not args.quiet, replace=args.replace,
-                                  **engine_options(args))
+                                  source_name=name, progress=not args.quiet, replace=args.replace, **engine)
             reports.append(report)
             if not args.json:
                 print(report.summary())

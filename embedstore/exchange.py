@@ -185,8 +185,9 @@ class ImportedEncoder(Encoder):
                     "dim": enc.dim, "unit_norm": enc.unit_norm, "versions": enc.versions()}, device, dtype)
 
     def run(self, prepared: list) -> Embedded:  # a row without a vector (none carried) reads as non-finite
+        n_tokens = np.array([c.n_tokens if c.n_tokens is not None else -1 for c in prepared], np.int64)
         return Embedded(np.stack([c.vector if c.vector is not None else np.full(self.dim, np.nan, np.float32)
-                                  for c in prepared]), None,
+                                  for c in prepared]), n_tokens if (n_tokens >= 0).any() else None,
                         np.array([c.truncated for c in prepared], dtype=bool))
 
 
@@ -195,16 +196,18 @@ class _Carried:
     """A row's content for the pipeline: its exported content hash (used as is) and its vector."""
 
     content_hash: str
-    vector: np.ndarray
+    vector: np.ndarray | None
     truncated: bool
+    n_tokens: int | None = None
 
 
 class _CarriedText(str):
     """Text content that also carries its exported hash and vector (the item keeps its text)."""
 
     content_hash: str
-    vector: np.ndarray
+    vector: np.ndarray | None
     truncated: bool
+    n_tokens: int | None = None
 
 
 def import_parquet(db: "Database", folder: str | os.PathLike, *, dataset: str | None = None,
@@ -240,21 +243,22 @@ def _records(folder: Path, manifest: dict, dim: int) -> Iterator[Record]:
                 raise InputError(f"{folder / f['name']}: vectors of {vectors.size // max(batch.num_rows, 1)} "
                                  f"values, the manifest says {dim}")
             vectors = vectors.reshape(batch.num_rows, dim)
-            keys, hashes, labels, texts, metas, truncs = (cols[c].to_pylist() for c in
-                                                          ("key", "content_hash", "label", "text", "meta",
-                                                           "truncated"))
+            keys, hashes, labels, texts, metas, truncs, tokens = (cols[c].to_pylist() for c in
+                                                                  ("key", "content_hash", "label", "text", "meta",
+                                                                   "truncated", "n_tokens"))
             for i in range(batch.num_rows):
-                yield Record(keys[i], carried(texts[i], hashes[i], vectors[i], bool(truncs[i])), labels[i],
+                yield Record(keys[i], carried(texts[i], hashes[i], vectors[i], bool(truncs[i]), tokens[i]), labels[i],
                              json.loads(metas[i]) if metas[i] else None, str(folder))
 
 
-def carried(text: str | None, digest: str, vector: np.ndarray | None, truncated: bool) -> Any:
+def carried(text: str | None, digest: str, vector: np.ndarray | None, truncated: bool,
+            n_tokens: int | None = None) -> Any:
     """A row's content for the pipeline with its hash and vector carried (no encoder runs): the text itself when
     the item keeps one, else a stand-in (image and audio bytes do not travel)."""
     if text is None:
-        return _Carried(digest, vector, truncated)
+        return _Carried(digest, vector, truncated, n_tokens)
     c = _CarriedText(text)
-    c.content_hash, c.vector, c.truncated = digest, vector, truncated
+    c.content_hash, c.vector, c.truncated, c.n_tokens = digest, vector, truncated, n_tokens
     return c
 
 

@@ -41,8 +41,6 @@ class Store(Database):
                   if k in options}
         if engine == "ray":
             from embedstore.ingest import ray_engine
-            if "chunk_size" in options:
-                raise InputError("chunk_size sizes the local engine's transactions; with engine='ray' use batch_size")
             opts = ray_engine.RayOptions(**{("address" if k == "ray_address" else k): v for k, v in sizing.items()})
             return ray_engine.ingest(self, source, dataset=dataset, encoder=encoder, options=opts, **options)
         if engine != "local":

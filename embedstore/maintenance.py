@@ -143,6 +143,8 @@ def _delete_dataset(db: "Database", name: str) -> dict:
     fault_point("delete.after_commit")
     sync.forget(db, name)
     shutil.rmtree(layout.indexes_root(db.path) / name, ignore_errors=True)
+    # shards a stopped Ray run left (default staging folder) would bring the rows back at the next run
+    shutil.rmtree(layout.ray_staging(layout.ray_staging_root(db.path), db.path, name), ignore_errors=True)
     return {"dataset": name, "items_deleted": n}
 
 

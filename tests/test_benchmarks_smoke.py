@@ -1,4 +1,5 @@
-"""The heads-defaults benchmark runs end to end on CI-sized slices, so that it cannot rot between full runs."""
+"""The benchmarks that a unit test cannot stand in for run end to end on CI-sized slices, so that they cannot rot
+between full runs."""
 
 from __future__ import annotations
 
@@ -27,3 +28,14 @@ def test_bench_audio_smoke():
             if line.startswith(("embedstore (", "script (", "MFCC"))}
     assert len(rows) == 3 and all(0 < float(r[0]) <= 1 for r in rows.values())  # an accuracy per pipeline
     assert "ingest speed / script speed" in proc.stdout
+
+
+def test_bench_ray_smoke():
+    import pytest
+    pytest.importorskip("ray", reason="bench_ray needs ray[data] (pip install 'embedstore[ray]')")
+    require_data(DATASETS / "text" / "sst2")
+    proc = subprocess.run([sys.executable, "benchmarks/bench_ray.py", "--smoke"], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cosine per item, min" in proc.stdout and "merge of staged shards" in proc.stdout
+    assert "100M rows" in proc.stdout and "smoke run" in proc.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -34,26 +35,30 @@ def local_ray():
 
 
 def same_as_local(store, source, encoder: str, **options) -> dict:
-    """Ingest `source` with both engines into datasets `ray` and `local`; assert the same items and fingerprint,
-    vectors at cosine >= 0.9999 per item; return the Ray engine's report."""
-    got = store.ingest(source, dataset="ray", encoder=encoder, engine="ray", progress=False, batch_size=64,
+    """Ingest `source` with the Ray engine into `store` and with the local engine into a second, fresh store (so
+    that neither reads the other's cached vectors); assert the same items, fingerprint, skips, n_tokens and
+    truncation, vectors at cosine >= 0.9999 per item; return the Ray engine's report."""
+    got = store.ingest(source, dataset="d", encoder=encoder, engine="ray", progress=False, batch_size=64,
                        **options)
-    want = store.ingest(source, dataset="local", encoder=encoder, progress=False, **options)
-    assert got.fingerprint == want.fingerprint
-    assert (got.rows, got.new_items, got.skipped) == (want.rows, want.new_items, want.skipped)
-    items = {}
-    for ds in ("ray", "local"):
-        items[ds] = store.sql(f"SELECT key, label, hash_hex(content_hash) AS h, text, meta::VARCHAR AS meta FROM items "
-                              f"WHERE dataset = '{ds}' ORDER BY key").rows()
-    assert items["ray"] == items["local"] and items["ray"]
-    (Xr, yr, mr), (Xl, yl, ml) = (store.features(ds, encoder=encoder, return_meta=True) for ds in ("ray", "local"))
+    with embedstore.open(store.path.parent / "local-engine") as local:
+        want = local.ingest(source, dataset="d", encoder=encoder, progress=False, **options)
+        assert got.fingerprint == want.fingerprint
+        assert (got.rows, got.new_items, got.skipped, got.truncated, got.embedded) == \
+            (want.rows, want.new_items, want.skipped, want.truncated, want.embedded)
+        query = ("SELECT i.key, i.label, hash_hex(i.content_hash) AS h, i.text, i.meta::VARCHAR AS meta, "
+                 "s.reason, e.n_tokens, e.truncated FROM items i LEFT JOIN skips s USING (item_id) "
+                 "LEFT JOIN {t} e USING (content_hash) ORDER BY i.key")
+        rec = store.resolve_encoder(encoder, "d")
+        rows = [db.sql(query.format(t=rec.table)).rows() for db in (store, local)]
+        assert rows[0] == rows[1] and rows[0]
+        (Xr, yr, mr), (Xl, yl, ml) = (db.features("d", encoder=encoder, return_meta=True) for db in (store, local))
     # item ids follow the order shards finished in, not the source's: compare by key
     r, l = np.argsort(mr.keys), np.argsort(ml.keys)
     Xr, Xl = Xr[r], Xl[l]
     assert list(mr.keys[r]) == list(ml.keys[l]) and list(yr[r]) == list(yl[l])
     cos = (Xr * Xl).sum(1) / np.linalg.norm(Xr, axis=1) / np.linalg.norm(Xl, axis=1)
     assert len(cos) == want.new_items - sum(want.skipped.values()) and cos.min() >= 0.9999
-    assert got.embedded == len(set(mr.content_hashes.tolist())) and want.embedded == 0  # first store: all new
+    assert got.embedded == len(set(mr.content_hashes.tolist()))  # a fresh store: every distinct content is new
     return got.to_dict()
 
 
@@ -63,7 +68,7 @@ def test_text_sst2_slice_same_vectors_and_reingest_embeds_nothing(store, tmp_pat
     src.write_text("\n".join(lines + ["\t1"]) + "\n")  # + an empty sentence: skipped by both engines alike
     got = same_as_local(store, src, "minilm", text_column="sentence", label_column="label")
     assert got["embedded"] == 300 and sum(got["skipped"].values()) == 1
-    again = store.ingest(src, dataset="ray2", encoder="minilm", engine="ray", progress=False,
+    again = store.ingest(src, dataset="d2", encoder="minilm", engine="ray", progress=False,
                          text_column="sentence", label_column="label")
     assert (again.embedded, again.cached, again.new_items) == (0, 300, 301)  # held hashes are not embedded
     assert not list((store.path / "staging" / "ray").rglob("*.parquet")), "merged shards are removed"
@@ -135,7 +140,11 @@ def test_sigkill_of_the_driver_then_rerun_loses_and_duplicates_nothing(tmp_path)
     out = subprocess.run(cmd + ["--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["new_items"] == total - seen and report["embedded"] <= total - seen
+    left = [re.search(r"([\d,]+) items written, ([\d,]+) vectors new", n) for n in report["notes"]]
+    left_items, left_vectors = next(([int(g.replace(",", "")) for g in m.groups()] for m in left if m), (0, 0))
+    # the shards the killed run staged are merged first, then this run's pass writes the rest
+    assert left_items + report["new_items"] == total - seen and report["rows"] == total
+    assert left_vectors + report["embedded"] <= total - seen
     check_consistent(store, total)
     assert not list((store / "staging" / "ray").rglob("*.parquet"))
 
@@ -156,6 +165,31 @@ def test_sigkill_of_an_encoder_actor_is_survived_and_json_stays_clean(tmp_path):
     assert proc.returncode == 0, err
     assert json.loads(out)["new_items"] == total  # Ray restarted the actor and retried its batch; stdout is JSON
     check_consistent(store, total)
+
+
+def test_bad_rows_and_reader_errors_are_the_local_engines(store, tmp_path):
+    rows = [{"id": "a", "text": "fine text", "label": "x"}, {"id": "b", "text": "half \ud800 char", "label": "y"},
+            {"id": "c\udc80", "text": "key with half a char", "label": "x"}, {"id": "d", "text": "", "label": "y"}]
+    src = tmp_path / "rows.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    got = same_as_local(store, src, ENC, id_column="id", label_column="label")
+    assert got["escaped"] == 2 and sum(got["skipped"].values()) == 2
+    other = tmp_path / "other.csv"
+    other.write_text("sentence\nhello\n")  # no `text` column: the reader's error, raised in a Ray task
+    from embedstore.sources import Files
+    with pytest.raises(InputError, match="text column 'text' not found"):
+        store.ingest(Files([str(src), str(other)]), dataset="e", encoder=ENC, engine="ray", progress=False)
+
+
+def test_delete_dataset_removes_the_shards_a_stopped_run_left(store, tmp_path):
+    from embedstore.store import layout
+    src = make_rows(tmp_path / "rows.tsv", 50)
+    store.ingest(str(src), dataset="d", encoder=ENC, engine="ray", progress=False)
+    staged = layout.ray_staging(layout.ray_staging_root(store.path), store.path, "d")
+    leftover = next(staged.iterdir()) / "shard-left.parquet"
+    leftover.write_bytes(b"as if a killed run had left it")
+    store.delete_dataset("d")
+    assert not staged.exists()
 
 
 def test_refusals_say_what_to_do(store, tmp_path, monkeypatch):

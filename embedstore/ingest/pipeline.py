@@ -107,12 +107,14 @@ def ingest(db: "Database", source: Any, *, dataset: str, encoder: str | Encoder,
            quoting: str = "auto", header: bool = True, columns: list[str] | None = None,
            encoding: str = "utf-8", format: str | None = None, source_name: str | None = None,
            chunk_size: int | None = None, progress: bool = True, path_column: str | None = None,
-           replace: bool = False) -> IngestReport:
+           replace: bool = False, engine: Callable[..., IngestReport] | None = None) -> IngestReport:
     """Embed `source` into `dataset` with `encoder` (a spec or an Encoder); returns what happened.
 
     Keys: `id_column`, else `<file name>:<row>` for files and a digest of the row for Python rows (see
     embedstore.sources). A key repeated in the source keeps its first row (the others are counted, not
-    written). Items that the same keys hold from another source file are replaced only with `replace=True`."""
+    written). Items that the same keys hold from another source file are replaced only with `replace=True`.
+    `engine(db, enc, source, opts, source_name, dataset=, label_column=, replace=, progress=)` replaces the read
+    and the embedding (the Ray engine); the unchanged-file shortcut and its record stay here."""
     db.require_writable()
     check_name(dataset)
     if chunk_size is not None and not 1 <= chunk_size <= CHUNK_LIMIT:
@@ -125,9 +127,13 @@ def ingest(db: "Database", source: Any, *, dataset: str, encoder: str | Encoder,
     with db.writing():
         if identity and (before := unchanged.recorded(db, enc, dataset, identity)) is not None:
             return unchanged_report(before, time.perf_counter() - start)
-        src = open_source(source, opts, source_name, enc.modality)
-        report = ingest_source(db, enc, src, dataset=dataset, label_column=label_column, replace=replace,
-                               chunk_size=chunk_size, progress=progress)
+        if engine is not None:
+            report = engine(db, enc, source, opts, source_name, dataset=dataset, label_column=label_column,
+                            replace=replace, progress=progress)
+        else:
+            src = open_source(source, opts, source_name, enc.modality)
+            report = ingest_source(db, enc, src, dataset=dataset, label_column=label_column, replace=replace,
+                                   chunk_size=chunk_size, progress=progress)
         if identity:
             unchanged.remember(db, enc, dataset, identity, report)
     return report

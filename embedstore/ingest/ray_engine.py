@@ -7,8 +7,8 @@
     embed      `map_batches` with an actor pool of `_Embedder` (the encoder loads once per actor; one GPU an
                actor when asked), through `embed_cached`, the local engine's own embedding step
     stage      each batch of results becomes one Parquet shard, written to a temporary name and renamed, in the
-               staging folder (`<store>/staging/ray/<dataset>-<fingerprint>/` unless given: on a cluster it must be
-               shared storage that workers and the driver both see)
+               staging folder (`<store>/staging/ray/<store>/<dataset>/<fingerprint>-<source>/`, or under
+               --staging: on a cluster it must be shared storage that workers and the driver both see)
     merge      the driver feeds the shards, as they finish, through the normal single-writer ingest (items,
                vectors, index, one transaction a chunk) and deletes each shard once its rows are committed
 
@@ -19,12 +19,14 @@ before the kill, whose file was not yet removed, is read again and found unchang
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import logging
 import os
-import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -32,25 +34,25 @@ import numpy as np
 import pyarrow as pa
 
 from embedstore.encoders import Encoder, get_encoder
-from embedstore.errors import InputError
+from embedstore.errors import EmbedstoreError, InputError
 from embedstore.exchange import ImportedEncoder, carried
 from embedstore.fsutil import fsync_dir
 from embedstore.hashing import content_hash
-from embedstore.ingest import unchanged
+from embedstore.ingest import pipeline
 from embedstore.ingest.cache import embed_cached
-from embedstore.ingest.pipeline import IngestReport, ingest_source, unchanged_report
+from embedstore.ingest.pipeline import IngestReport, ingest_source
 from embedstore.sources import Record, Source, TableOptions, open_source, read_parts
+from embedstore.sources.records import storable
 from embedstore.store import catalog
-from embedstore.store.catalog import check_name
-from embedstore.store.layout import ray_staging_root
+from embedstore.store.layout import ray_staging, ray_staging_root
 
 if TYPE_CHECKING:
     from embedstore.store.database import Database
 
 BLOCK_BYTES = 4 << 20
 HELD = "\0held"  # internal: the store holds this hash's vector, do not embed it
-SHARD_COLUMNS = ("key", "text", "label", "meta", "source", "reason", "content_hash", "vector", "truncated",
-                 "n_tokens", "device", "dtype", "fingerprint")
+SHARD_COLUMNS = ("key", "text", "label", "meta", "source", "reason", "escaped", "content_hash", "vector",
+                 "truncated", "n_tokens", "device", "dtype", "fingerprint")
 
 
 def ray_module() -> Any:
@@ -78,7 +80,7 @@ class RayOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.workers, int) or self.workers < 1:
             raise InputError(f"workers must be a whole number >= 1, not {self.workers!r}")
-        if not 0 <= self.gpus_per_worker <= 64:
+        if not isinstance(self.gpus_per_worker, (int, float)) or not 0 <= self.gpus_per_worker <= 64:
             raise InputError(f"gpus_per_worker must be from 0 to 64, not {self.gpus_per_worker!r}")
         if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 1_000_000:
             raise InputError(f"batch_size must be from 1 to 1,000,000 rows, not {self.batch_size!r}")
@@ -124,6 +126,7 @@ class _Embedder:
         self.held = held if held is not None else np.empty(0, "S16")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow.compute as pc
         contents = batch.column(self.column).to_pylist()
         given = batch.column("reason").to_pylist() if "reason" in batch.column_names else [None] * len(contents)
         hashes = [content_hash(c) if c is not None else None for c in contents]
@@ -141,7 +144,7 @@ class _Embedder:
         valid = pa.array([v is not None for v in vectors])
         offsets = pa.array(np.cumsum([0] + [dim if v is not None else 0 for v in vectors]), pa.int32())
         vec_col = pa.ListArray.from_arrays(offsets, pa.array(flat.astype(np.float32, copy=False), pa.float32()),
-                                           mask=pa.compute.invert(valid))
+                                           mask=pc.invert(valid))
         out = {
             "content_hash": pa.array(hashes, pa.string()),
             "reason": pa.array([None if why == HELD else why for why in got.reasons], pa.string()),
@@ -178,7 +181,10 @@ def embed_dataset(ds: Any, encoder: str, *, column: str = "text", held: Any = No
                          "leave --gpus-per-worker out for CPU actors")
     cpus = resources.get("CPU", 1.0)
     # CPU actors leave half a CPU to the read and write tasks, or the pool would take every CPU and wait forever
-    per_actor = None if gpus_per_worker else max(0.1, min(1.0, (cpus - 0.5) / workers))
+    if not gpus_per_worker and (cpus - 0.5) / workers < 0.1:
+        raise InputError(f"{workers} CPU workers do not fit the Ray cluster's {cpus:g} CPUs (each needs at least 0.1, "
+                         "and half a CPU stays for reading): lower --workers")
+    per_actor = None if gpus_per_worker else (cpus - 0.5) / workers
     return ds.map_batches(_Embedder, fn_constructor_kwargs={"spec": encoder, "column": column, "held": held},
                           batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
                           num_gpus=gpus_per_worker or None, num_cpus=per_actor)
@@ -193,40 +199,48 @@ def _write_shard(batch: pa.Table, folder: str) -> pa.Table:
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, Path(folder, name))
+    fsync_dir(Path(folder))
     return pa.table({"shard": [name], "rows": [batch.num_rows]})
 
 
 # -- the driver side ------------------------------------------------------------------------------------------------
+SCHEMA = pa.schema([("key", pa.string()), ("text", pa.string()), ("data", pa.binary()), ("label", pa.string()),
+                    ("meta", pa.string()), ("source", pa.string()), ("reason", pa.string()), ("escaped", pa.bool_())])
+
+
 def _record_rows(records: Iterator[Record], text: bool) -> Iterator[dict]:
+    """Records as rows; what UTF-8 cannot hold (an unpaired surrogate) is escaped first, as the local engine does."""
     for r in records:
+        r, escaped = storable(r)
         c = r.content
         yield {"key": r.key, "text": c if text and isinstance(c, str) else None,
                "data": bytes(c) if not text and c is not None and not isinstance(c, str) else None,
                "label": r.label, "meta": json.dumps(r.meta, default=str) if r.meta else None,
-               "source": r.source, "reason": r.reason}
+               "source": r.source, "reason": r.reason, "escaped": escaped}
 
 
-SCHEMA = pa.schema([("key", pa.string()), ("text", pa.string()), ("data", pa.binary()), ("label", pa.string()),
-                    ("meta", pa.string()), ("source", pa.string()), ("reason", pa.string())])
+def _read_part(row: dict, text: bool) -> Iterator[dict]:
+    yield from _record_rows(row["part"](), text)
 
 
-def _read_part(row: dict, parts: list, text: bool) -> Iterator[dict]:
-    yield from _record_rows(parts[row["part"]](), text)
-
-
-def source_dataset(source: Any, opts: TableOptions, name: str | None, modality: str) -> tuple[Any, str, list[str]]:
-    """(a Ray Dataset of the source's records, the source's name, notes): read in the cluster by the project's
-    readers, one task per read part; a source in memory (Python rows) is read here and handed over."""
+def source_dataset(source: Any, opts: TableOptions, name: str | None, modality: str,
+                   batch_size: int = 256) -> tuple[Any, Source]:
+    """(a Ray Dataset of the source's records, the source opened here for its name, row count and notes): read
+    in the cluster by the project's readers, one task per read part (each row of the dataset holds its part);
+    a source in memory (Python rows) is read here and handed over in blocks of `batch_size` rows."""
     ray = ray_module()
     text = modality not in ("image", "audio")
     src = open_source(source, opts, name, modality)  # checks the source (and names it) before the cluster starts
     cut = read_parts(source, opts, name, modality)
     if cut is None:
-        rows = list(_record_rows(iter(src), text))
-        return ray.data.from_arrow(pa.Table.from_pylist(rows, SCHEMA)), src.name, src.notes
+        table = pa.Table.from_pylist(list(_record_rows(iter(src), text)), SCHEMA)
+        src.total = table.num_rows
+        blocks = [table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)] or [table]
+        return ray.data.from_arrow(blocks), src
     parts, notes = cut
-    ds = ray.data.from_items([{"part": i} for i in range(len(parts))], override_num_blocks=max(len(parts), 1))
-    return ds.flat_map(_read_part, fn_kwargs={"parts": parts, "text": text}, num_cpus=0.25), src.name, notes
+    src.notes = notes + [n for n in src.notes if n not in notes]
+    ds = ray.data.from_items([{"part": part} for part in parts], override_num_blocks=max(len(parts), 1))
+    return ds.flat_map(_read_part, fn_kwargs={"text": text}, num_cpus=0.25), src
 
 
 @dataclass
@@ -234,32 +248,42 @@ class _Shards:
     """Shards being merged: which rows of the merge each one ends at, so that a commit removes the finished."""
 
     folder: Path
+    wait: Any = None                           # called before waiting for the next shard (releases the database)
     ends: list = field(default_factory=list)   # (rows up to the end of this shard, path)
     rows: int = 0
-    merged: int = 0
+    escaped: int = 0
 
     def records(self, names: Iterator[str], fingerprint: str, dim: int, carriers: dict) -> Iterator[Record]:
         import pyarrow.parquet as pq
-        for name in names:
+        while True:
+            if self.wait:
+                self.wait()  # readers may open the database while the cluster finishes the next shard
+            name = next(names, None)
+            if name is None:
+                return
             path = self.folder / name
             table = pq.read_table(path)
             fps = set(table.column("fingerprint").to_pylist())
             if fps - {fingerprint}:
-                raise InputError(f"{path}: vectors of fingerprint {sorted(fps - {fingerprint})[0][:12]}, but this "
+                refused = self.folder / "refused"
+                refused.mkdir(exist_ok=True)
+                os.replace(path, refused / name)
+                raise InputError(f"{path.name}: vectors of fingerprint {sorted(fps - {fingerprint})[0][:12]}, but this "
                                  f"ingest's encoder has {fingerprint[:12]}: a worker loaded other weights or "
-                                 "settings; give every node the same model files")
+                                 f"settings. Give every node the same model files; the shard was moved to {refused}")
             if not carriers and table.num_rows:
                 carriers.update(device=table.column("device")[0].as_py(), dtype=table.column("dtype")[0].as_py())
             cols = {c: table.column(c).to_pylist() for c in ("key", "text", "label", "meta", "source", "reason",
-                                                             "content_hash", "truncated")}
+                                                             "content_hash", "truncated", "n_tokens")}
+            self.escaped += sum(table.column("escaped").to_pylist())
             vec = table.column("vector").combine_chunks()
             valid = vec.is_valid().to_numpy(zero_copy_only=False)
             matrix = vec.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
             at = np.cumsum(valid) - 1  # row i's vector is matrix[at[i]] when valid[i]
             for i in range(table.num_rows):
-                v = matrix[at[i]] if valid[i] else None
                 h = cols["content_hash"][i]
-                content = carried(cols["text"][i], h, v, bool(cols["truncated"][i])) if h is not None else None
+                content = carried(cols["text"][i], h, matrix[at[i]] if valid[i] else None, bool(cols["truncated"][i]),
+                                  cols["n_tokens"][i]) if h is not None else None
                 yield Record(cols["key"][i], content, cols["label"][i],
                              json.loads(cols["meta"][i]) if cols["meta"][i] else None, cols["source"][i],
                              cols["reason"][i])
@@ -268,106 +292,117 @@ class _Shards:
 
     def committed(self, rows: int) -> None:
         while self.ends and self.ends[0][0] <= rows:
-            path = self.ends.pop(0)[1]
-            path.unlink(missing_ok=True)
-            self.merged += 1
+            self.ends.pop(0)[1].unlink(missing_ok=True)
 
 
 def merge_shards(db: "Database", enc: Encoder, folder: Path, names: Iterator[str], dataset: str,
-           label_column: str | None, replace: bool, progress: bool, name: str, total: int | None) -> IngestReport:
+                 label_column: str | None, replace: bool, progress: bool, name: str,
+                 total: int | None) -> IngestReport | None:
     """Feed the shards `names` of `folder` (in that order, as they finish) through the single-writer ingest into
-    `dataset`, as vectors `enc` made; each shard is deleted once its rows are committed."""
-    shards, carriers = _Shards(folder), {}
+    `dataset`, as vectors `enc` made; each shard is deleted once its rows are committed. None when there were
+    no shards."""
+    shards, carriers = _Shards(folder, db.release), {}
     records = shards.records(names, enc.fingerprint, enc.dim, carriers)
     first = next(records, None)  # the first shard names the device and dtype the workers ran
     if first is None:
-        return IngestReport(dataset, enc.spec, enc.fingerprint)
+        return None
     merger = ImportedEncoder.standing_for(enc, carriers.get("device", enc.device), carriers.get("dtype", "float32"))
-    src = Source(name, _chain(first, records), total)
-    report = ingest_source(db, merger, src, dataset=dataset, label_column=label_column, replace=replace,
-                           progress=progress, on_commit=shards.committed)
+    report = ingest_source(db, merger, Source(name, itertools.chain([first], records), total), dataset=dataset,
+                           label_column=label_column, replace=replace, progress=progress, on_commit=shards.committed)
     shards.committed(shards.rows)
-    report.encoder = enc.spec
+    report.escaped = shards.escaped
     return report
 
 
-def _chain(first: Record, rest: Iterator[Record]) -> Iterator[Record]:
-    yield first
-    yield from rest
-
-
-def staging_folder(db: "Database", given: str | None, dataset: str, fingerprint: str) -> Path:
-    root = Path(given).expanduser() if given else ray_staging_root(Path(db.path))
-    folder = root / f"{dataset}-{fingerprint[:16]}"
+def staging_folder(db: "Database", given: str | None, dataset: str, fingerprint: str, source: str) -> Path:
+    """`<staging>/<store>/<dataset>/<fingerprint>-<source>/`: shards of one store, dataset, encoder and source, so
+    that a rerun merges only its own leftovers and a shared --staging serves several stores."""
+    root = Path(given).expanduser().resolve() if given else ray_staging_root(Path(db.path))
+    tag = hashlib.blake2b(source.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+    folder = ray_staging(root, Path(db.path), dataset) / f"{fingerprint[:16]}-{tag}"
     folder.mkdir(parents=True, exist_ok=True)
     for tmp in folder.glob(".tmp-*"):  # a shard a killed worker was writing: its rows are embedded again
         tmp.unlink(missing_ok=True)
     return folder
 
 
-def _add(total: IngestReport, part: IngestReport) -> None:
-    for k in ("rows", "new_items", "updated_items", "unchanged_items", "embedded", "cached", "truncated",
-              "duplicate_keys", "escaped"):
-        setattr(total, k, getattr(total, k) + getattr(part, k))
-    for why, n in part.skipped.items():
-        total.skipped[why] = total.skipped.get(why, 0) + n
+def _ray_failure(e: BaseException) -> EmbedstoreError:
+    """The first embedstore error inside a Ray failure (a reader's InputError in a task, say), else the failure
+    in one line: Ray wraps what a task raised in its own exceptions."""
+    seen, cause = set(), e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, EmbedstoreError):
+            return cause
+        seen.add(id(cause))
+        cause = getattr(cause, "cause", None) if getattr(cause, "cause", None) is not None else cause.__cause__
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return EmbedstoreError(f"the Ray run failed: {first} (what was merged before is kept; rerun the same command to "
+                           "go on, and see the Ray logs, e.g. /tmp/ray/session_latest/logs, for the cause)")
+
+
+def _run(db: "Database", enc: Encoder, source: Any, opts: TableOptions, source_name: str | None, *, dataset: str,
+         label_column: str | None, replace: bool, progress: bool, options: RayOptions) -> IngestReport:
+    """The Ray engine's part of `ingest` (which holds the writer lock and the unchanged-file shortcut)."""
+    ray = ray_module()
+    if not ray.is_initialized():
+        ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    elif options.address:
+        raise InputError(f"this process already runs Ray (ray.init was called): ray_address={options.address!r} "
+                         "cannot be joined; leave it out to use the running one")
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines are not the user's
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    # blocks of a few MB, so that one big file read by one task still feeds every actor
+    ctx.target_max_block_size = min(ctx.target_max_block_size or BLOCK_BYTES, BLOCK_BYTES)
+    catalog.require_fresh_dataset_modality(db, dataset, enc.modality)
+    ds, src = source_dataset(source, opts, source_name, enc.modality, options.batch_size)
+    record = catalog.register_encoder(db, enc)
+    folder = staging_folder(db, options.staging, dataset, record.fingerprint, src.name)
+    notes = []
+    left = sorted(p.name for p in folder.glob("shard-*.parquet"))
+    if left:  # an earlier run was stopped: what its workers finished is merged before anything is embedded
+        before = merge_shards(db, enc, folder, iter(left), dataset, label_column, replace, progress, src.name, None)
+        if before is not None:
+            notes.append(f"merged {len(left):,} shards left by an earlier run first: {before.rows:,} rows, "
+                         f"{before.new_items + before.updated_items:,} items written, {before.embedded:,} vectors new "
+                         "to the store (the counts above are of this run's pass over the source)")
+    column = "text" if enc.modality not in ("image", "audio") else "data"
+    embedded = embed_dataset(ds, enc.spec, column=column, held=held_hashes(db, record), workers=options.workers,
+                             gpus_per_worker=options.gpus_per_worker, batch_size=options.batch_size)
+    written = embedded.map_batches(_write_shard, fn_kwargs={"folder": str(folder)}, batch_size=None,
+                                   batch_format="pyarrow", num_cpus=0.1)
+    names = (n for batch in written.iter_batches(batch_size=None, batch_format="pyarrow")
+             for n in batch.column("shard").to_pylist())
+    db.release()
+    try:
+        report = merge_shards(db, enc, folder, names, dataset, label_column, replace, progress, src.name, src.total)
+    except EmbedstoreError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a task raised arrives wrapped by Ray
+        raise _ray_failure(e) from None
+    if report is None:
+        report = IngestReport(dataset, enc.spec, record.fingerprint, index="(nothing to merge)")
+        notes.append(f"the source held no rows ({src.name}): check the path and the options")
+    report.notes = notes + src.notes + report.notes + [
+        f"engine ray: {options.workers} encoder actor(s)"
+        + (f", {options.gpus_per_worker:g} GPU each" if options.gpus_per_worker else ", on CPU")
+        + f", batches of {options.batch_size:,} rows; the vectors were embedded by the workers ('embedded' counts "
+        "those new to this store)"]
+    return report
 
 
 def ingest(db: "Database", source: Any, *, dataset: str, encoder: str, options: RayOptions = RayOptions(),
-           text_column: str = "text", label_column: str | None = None, id_column: str | None = None,
-           sep: str | None = None, quoting: str = "auto", header: bool = True, columns: list[str] | None = None,
-           encoding: str = "utf-8", format: str | None = None, source_name: str | None = None,
-           path_column: str | None = None, replace: bool = False, progress: bool = True) -> IngestReport:
+           **read_options: Any) -> IngestReport:
     """`ingest` on Ray Data (see the module docstring): the same items, vectors and fingerprint as the local
-    engine. `encoder` is a spec (the workers build it from the spec). Starts a local Ray unless this process has
-    one already (`ray.init` called by the user), or joins the cluster `options.address` (or RAY_ADDRESS) names."""
-    db.require_writable()
-    check_name(dataset)
+    engine; `read_options` are the local `ingest`'s (text_column, label_column, ...). `encoder` is a spec (the
+    workers build it from the spec). Starts a local Ray unless this process runs one already (`ray.init` called
+    by the user), or joins the cluster `options.address` (or RAY_ADDRESS) names."""
     if not isinstance(encoder, str):
         raise InputError("--engine ray builds the encoder on every worker from its spec: pass a spec such as 'minilm'")
-    ray = ray_module()
-    opts = TableOptions(text_column, label_column, id_column, sep, quoting, header, columns, encoding, format,
-                        path_column=path_column)
-    enc = get_encoder(encoder)
-    start = time.perf_counter()
-    identity = unchanged.file_identity(source, opts, {"source_name": source_name, "modality": enc.modality})
-    with db.writing():
-        if identity and (before := unchanged.recorded(db, enc, dataset, identity)) is not None:
-            return unchanged_report(before, time.perf_counter() - start)
-        catalog.require_fresh_dataset_modality(db, dataset, enc.modality)
-        record = catalog.register_encoder(db, enc)
-        folder = staging_folder(db, options.staging, dataset, record.fingerprint)
-        report = IngestReport(dataset, enc.spec, record.fingerprint)
-        left = sorted(p.name for p in folder.glob("shard-*.parquet"))
-        if left:  # an earlier run was stopped: what its workers finished is merged before anything is embedded
-            before = merge_shards(db, enc, folder, iter(left), dataset, label_column, replace, progress, "staged shards", None)
-            _add(report, before)
-            report.notes.append(f"merged {len(left):,} shards ({before.rows:,} rows) left by an earlier run")
-        if not ray.is_initialized():
-            ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines are not the user's
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = progress
-        # blocks of a few MB, so that one big file read by one task still feeds every actor
-        ctx.target_max_block_size = min(ctx.target_max_block_size or BLOCK_BYTES, BLOCK_BYTES)
-        ds, name, notes = source_dataset(source, opts, source_name, enc.modality)
-        column = "text" if enc.modality not in ("image", "audio") else "data"
-        embedded = embed_dataset(ds, encoder, column=column, held=held_hashes(db, record), workers=options.workers,
-                                 gpus_per_worker=options.gpus_per_worker, batch_size=options.batch_size)
-        written = embedded.map_batches(_write_shard, fn_kwargs={"folder": str(folder)}, batch_size=None,
-                                       batch_format="pyarrow", num_cpus=0.1)
-        names = (n for batch in written.iter_batches(batch_size=None, batch_format="pyarrow")
-                 for n in batch.column("shard").to_pylist())
-        db.release()
-        run = merge_shards(db, enc, folder, names, dataset, label_column, replace, progress, name, None)
-        _add(report, run)
-        report.index, report.notes = run.index or report.index, report.notes + notes + run.notes
-        report.notes.append(f"engine ray: {options.workers} encoder actor(s)"
-                            + (f", {options.gpus_per_worker:g} GPU each" if options.gpus_per_worker else ", on CPU")
-                            + f", batches of {options.batch_size:,} rows; the vectors were embedded by the workers"
-                            " ('embedded' counts those new to this store)")
-        report.seconds = time.perf_counter() - start
-        if identity:
-            unchanged.remember(db, enc, dataset, identity, report)
-    return report
+    ray_module()  # a clear refusal before anything is read
+    if read_options.get("chunk_size") is not None:
+        raise InputError("chunk_size sizes the local engine's transactions; with engine='ray' use batch_size")
+    read_options.pop("chunk_size", None)
+    return pipeline.ingest(db, source, dataset=dataset, encoder=encoder, engine=partial(_run, options=options),
+                           **read_options)

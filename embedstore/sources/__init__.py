@@ -39,11 +39,9 @@ def open_source(source: Any, opts: TableOptions, name: str | None = None, modali
         if not source.paths:
             raise InputError("no input files given")
         parts = [open_source(p, opts, None, modality) for p in source.paths]
-        names = [Path(p).name for p in source.paths]
-        root = Path(os.path.commonpath([str(Path(p).expanduser().resolve()) for p in source.paths]))
-        for part, path, base in zip(parts, source.paths, names):
-            if names.count(base) > 1:  # the same file name twice: its keys carry the folder, so none collide
-                _prefixed(part, base, str(Path(path).expanduser().resolve().relative_to(root)))
+        for part, renamed in zip(parts, _renames(source.paths)):
+            if renamed:
+                _prefixed(part, *renamed)
         totals = [p.total for p in parts]
         chained = Source(name or "+".join(dict.fromkeys(p.name for p in parts)), [],
                          None if None in totals else sum(totals))
@@ -81,6 +79,15 @@ def _located(src: Source, origin: str) -> Source:
     return src
 
 
+def _renames(paths: Sequence[str | Path]) -> list[tuple[str, str] | None]:
+    """Per path of a file list, (file name, path relative to the common folder) when another path has the same
+    file name (its keys then carry the folder, so none collide), else None."""
+    names = [Path(p).name for p in paths]
+    resolved = [Path(p).expanduser().resolve() for p in paths]
+    root = Path(os.path.commonpath([str(p) for p in resolved]))
+    return [(base, str(r.relative_to(root))) if names.count(base) > 1 else None for base, r in zip(names, resolved)]
+
+
 def _prefixed(src: Source, base: str, rel: str) -> None:
     """Keys `<file name>:<row>` become `<folder/file name>:<row>`; other keys (a folder's files, FASTA ids)
     get `<folder/name>/` in front."""
@@ -107,25 +114,21 @@ def read_parts(source: Any, opts: TableOptions, name: str | None = None, modalit
                files_per_part: int = MEDIA_FILES_PER_PART) -> tuple[list[Callable[[], Iterator[Record]]], list[str]] | None:
     """The source cut into parts that read on their own (a cluster engine runs one task per part), whose records
     in turn are exactly `open_source`'s, and the notes of the listing: one part per file of a file list, runs of
-    `files_per_part` files of an image or audio folder, else the whole file. None for a source that is not on
-    disk (Python rows, DataFrames, arrays): it is read where it is."""
+    `files_per_part` files of an image or audio folder, else the whole file. Paths are resolved here (a part may
+    run on another machine, which must see them at the same place). None for a source that is not on disk
+    (Python rows, DataFrames, arrays): it is read where it is."""
     if isinstance(source, Files):
-        names = [Path(p).name for p in source.paths]
-        root = Path(os.path.commonpath([str(Path(p).expanduser().resolve()) for p in source.paths])) \
-            if source.paths else None
-        parts = [partial(_file_part, p, opts, modality,
-                         (base, str(Path(p).expanduser().resolve().relative_to(root))) if names.count(base) > 1 else None)
-                 for p, base in zip(source.paths, names)]
-        return (parts, []) if parts else None
+        return [partial(_file_part, Path(p).expanduser().resolve(), opts, modality, renamed)
+                for p, renamed in zip(source.paths, _renames(source.paths))], []
     if not isinstance(source, (str, Path)):
         return None
-    path = Path(source).expanduser()
+    path = Path(source).expanduser().resolve()
     if modality in ("image", "audio") and path.is_dir():
         files, notes = _listed(path, modality)
-        origin = name or str(path.resolve())
+        origin = name or str(path)
         return [partial(_media_part, path, files[i:i + files_per_part], modality, origin)
                 for i in range(0, len(files), files_per_part)], notes
-    return [partial(_file_part, source, opts, modality, None, name)], []
+    return [partial(_file_part, path, opts, modality, None, name)], []
 
 
 def _file_part(path: str | Path, opts: TableOptions, modality: str, renamed: tuple[str, str] | None,

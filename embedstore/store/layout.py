@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 DB_NAME = "embedstore.duckdb"
@@ -35,6 +36,13 @@ def scratch_root(store: Path) -> Path:
 def ray_staging_root(store: Path) -> Path:
     """Where the Ray engine's workers write result shards for the driver to merge (when not given elsewhere)."""
     return store / "staging" / "ray"
+
+
+def ray_staging(root: Path, store: Path, dataset: str) -> Path:
+    """A dataset's Ray shards under a staging root: `<root>/<store id>/<dataset>/`, so that one shared root can
+    serve several stores (the store id is a digest of its resolved path)."""
+    store_id = hashlib.blake2b(str(store.resolve()).encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+    return root / store_id / dataset
 
 
 def heads_root(store: Path) -> Path:
