@@ -57,8 +57,8 @@ def build_parser():
                      "cluster RAY_ADDRESS names, else a local Ray on this machine")
     ray.add_argument("--workers", type=int, default=1, help="encoder actors (each loads the model once; default 1)")
     ray.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per actor (default 0: CPU actors)")
-    ray.add_argument("--batch-size", type=int, default=256, help="rows an actor embeds at a time; each batch is "
-                     "one staged shard (default 256)")
+    ray.add_argument("--batch-size", type=int, default=256, help="rows an actor embeds at a time (default 256); "
+                     "results are staged in shards of up to 4 MB")
     ray.add_argument("--staging", help="folder for the staged shards (default <store>/staging/ray; on a cluster: "
                      "shared storage the workers and this machine both see)")
     add_json_arg(ing)
