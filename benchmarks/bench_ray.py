@@ -114,7 +114,7 @@ def main() -> None:
         stage_enc = "hashing:384"
         folder = tmp / "staged"
         folder.mkdir()
-        ds, _, _, _ = ray_engine.source_dataset(files, TableOptions(), None, "text")
+        ds, _ = ray_engine.source_dataset(files, TableOptions(), None, "text")
         written = ray_engine.embed_dataset(ds, stage_enc, workers=args.workers, batch_size=256).map_batches(
             ray_engine._write_shard, fn_kwargs={"folder": str(folder)}, batch_size=None, batch_format="pyarrow",
             num_cpus=0.1)

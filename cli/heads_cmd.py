@@ -12,7 +12,7 @@ from .common import (add_json_arg, seed, add_store_arg, add_table_args, build, d
 
 EPILOG = """examples:
   heads fit --dataset sst2 --encoder minilm --label label --model logreg --name sst2-lr
-  heads fit --dataset promoters --encoder kmer:6 --model auto       # rank logreg/svm/knn(/lightgbm), keep the best
+  heads fit --dataset promoters --encoder kmer:6 --model auto  # rank logreg/svm/knn(/lightgbm); logreg unless beaten significantly
   heads fit --dataset sst2 --encoder minilm --param C=10 --param normalize=none   # override the automatic choices
   heads fit --dataset sst2 --encoder minilm --model svm --search --budget 60 --dev-dataset sst2-dev
   heads eval --head sst2-lr --dataset sst2-test --label label
@@ -53,7 +53,8 @@ def build_parser():
                    "a fingerprint (default: the dataset's only encoder)")
     f.add_argument("--model", default="logreg", choices=[*MODELS, "auto"],
                    help=f"{models_help}; auto: rank logreg, svm, knn (and lightgbm on small sets) under the scoring "
-                   "protocol and keep the best (default: logreg)")
+                   "protocol and keep the best when its lead over logreg is significant (over 1.96 standard errors "
+                   "of the paired difference), else logreg (default: logreg)")
     f.add_argument("--name", help="head name (default: <dataset>-<model>)")
     f.add_argument("--param", action="append", metavar="NAME=VALUE", help="estimator parameter, repeatable")
     f.add_argument("--cv", type=int, help="score with K-fold CV instead of a hold-out split")
