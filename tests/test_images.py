@@ -514,3 +514,10 @@ def test_an_image_dataset_exports_and_imports_without_its_files(vit, photos, sto
         hits = other.search("pets", photos / "red" / "0.jpg", k=3)  # the query's vector: from the cache
         assert [(h.key, h.score) for h in hits] == [(h.key, h.score) for h in store.search(
             "pets", photos / "red" / "0.jpg", k=3)]
+
+
+def test_gpu_decode_is_off_until_a_gpu_run_shows_it_wins():
+    from embedstore.encoders import get_encoder
+    enc = get_encoder("timm:resnet50")  # constructed only: nothing is loaded
+    assert enc.opts["gpu_decode"] is False and enc._chooser.use_gpu() is False
+    assert get_encoder("timm:resnet50?gpu_decode=auto").opts["gpu_decode"] == "auto"
