@@ -46,6 +46,9 @@ SETTINGS: dict[str, Setting] = {
                 "the store keeps no key index in memory, so it holds at 10M items"),
         Setting("device", "EMBEDSTORE_DEVICE", "auto",
                 "encoder device: auto (cuda when available), cpu, cuda, cuda:N"),
+        Setting("model_cache", "EMBEDSTORE_MODEL_CACHE", "~/.cache/embedstore",
+                "where models converted for a faster runtime (ONNX exports of image backbones) are kept, keyed by "
+                "the encoder's fingerprint; safe to delete"),
     ]
 }
 
@@ -98,3 +101,7 @@ def available_memory() -> int:
 
 def default_store_path() -> Path:
     return Path(setting("store")).expanduser()
+
+
+def model_cache() -> Path:
+    return Path(setting("model_cache")).expanduser()

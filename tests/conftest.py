@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# ONNX exports of image backbones go to a folder of this test run (its CLI subprocesses inherit it), not ~/.cache
+os.environ.setdefault("EMBEDSTORE_MODEL_CACHE", tempfile.mkdtemp(prefix="embedstore-model-cache-"))
 DATASETS = REPO.parent / "shared" / "datasets"
 SST2 = DATASETS / "text" / "sst2"
 

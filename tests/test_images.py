@@ -521,3 +521,83 @@ def test_gpu_decode_is_off_until_a_gpu_run_shows_it_wins():
     enc = get_encoder("timm:resnet50")  # constructed only: nothing is loaded
     assert enc.opts["gpu_decode"] is False and enc._chooser.use_gpu() is False
     assert get_encoder("timm:resnet50?gpu_decode=auto").opts["gpu_decode"] == "auto"
+
+
+# -- ONNX Runtime on CPU --------------------------------------------------------------------------------------------
+@pytest.mark.model
+@pytest.mark.data
+def test_onnx_runtime_gives_torch_vectors_records_itself_and_exports_once(lite0, store, tmp_path, monkeypatch):
+    """runtime=auto runs efficientnet-lite0 in ONNX Runtime on CPU: same fingerprint, the same vectors as torch
+    (cosine >= 0.9999 per CIFAR image), 'cpu/onnxruntime' recorded per vector, one export reused by later loads."""
+    from PIL import Image
+    from embedstore.encoders import get_encoder, onnx_runtime
+    monkeypatch.setenv("EMBEDSTORE_MODEL_CACHE", str(tmp_path / "cache"))
+    with tarfile.open(require_data(CIFAR / "test.tar.gz")) as tf:
+        images = [tf.extractfile(m).read() for m in sorted((m for m in tf if m.isfile()), key=lambda m: m.name)[:40]]
+    torch_enc = get_encoder("efficientnet-lite0?runtime=torch")
+    onnx_enc = get_encoder("efficientnet-lite0")
+    assert onnx_enc.fingerprint == torch_enc.fingerprint == lite0.fingerprint
+    a, b = torch_enc.embed(images).vectors, onnx_enc.embed(images).vectors
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.9999 and onnx_enc.ran_on == "cpu/onnxruntime" and torch_enc.ran_on == "cpu"
+    (exported,) = (tmp_path / "cache" / "onnx").glob("*.onnx")
+    stamp = exported.stat().st_mtime_ns
+    calls = []
+    monkeypatch.setattr(onnx_runtime, "_export", lambda *a: calls.append(a))
+    again = get_encoder("efficientnet-lite0")
+    assert np.array_equal(again.embed(images[:3]).vectors, b[:3]) and calls == []
+    assert exported.stat().st_mtime_ns == stamp
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(x)).convert("RGB")) for x in images[:5]])
+    store.ingest(from_arrays(pixels), dataset="c", encoder="efficientnet-lite0", progress=False)
+    rec = store.resolve_encoder("efficientnet-lite0", "c")
+    assert store.sql(f"SELECT DISTINCT device, dtype FROM {rec.table}").rows() == [("cpu/onnxruntime", "float32")]
+
+
+@pytest.mark.model
+def test_a_bad_or_disagreeing_onnx_export_is_refused_or_replaced_by_torch(lite0, tmp_path, monkeypatch, caplog):
+    """A cache entry that is not a graph is exported again; one that gives other vectors (here: another model's
+    graph) is refused by runtime=onnx and makes runtime=auto run torch, with a warning."""
+    import torch
+    from embedstore.encoders import get_encoder, onnx_runtime
+    monkeypatch.setenv("EMBEDSTORE_MODEL_CACHE", str(tmp_path / "cache"))
+    path = onnx_runtime.cache_path(lite0.fingerprint)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a file")
+    img = _photo(0, (200, 30, 30))
+    want = get_encoder("efficientnet-lite0?runtime=torch").embed([img]).vectors
+    fixed = get_encoder("efficientnet-lite0")
+    assert fixed._onnx is not None and np.allclose(fixed.embed([img]).vectors, want, atol=1e-4)
+    class Other(torch.nn.Module):  # uint8 pixels in, 1280 features out, like the real export: other weights
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 1280)
+
+        def forward(self, pixels):
+            return self.fc(pixels.float().mean((1, 2)))
+    onnx_runtime._export(Other().eval(), torch.zeros(2, 224, 224, 3, dtype=torch.uint8), path)
+    with pytest.raises(EncoderUnavailableError, match="disagrees with torch"):
+        _ = get_encoder("efficientnet-lite0?runtime=onnx")._onnx
+    auto = get_encoder("efficientnet-lite0")
+    with caplog.at_level("WARNING"):
+        assert auto._onnx is None and auto.ran_on == "cpu"
+    assert "running torch" in caplog.text
+    assert np.allclose(auto.embed([img]).vectors, want, atol=1e-5)
+
+
+def test_runtime_onnx_is_refused_where_it_cannot_run(tmp_path):
+    from embedstore.encoders import get_encoder
+    with pytest.raises(InputError, match="runtime=onnx is not available .*runs on the CPU, and this encoder runs on cuda"):
+        _ = get_encoder("timm:resnet50?runtime=onnx&device=cuda")._onnx
+    assert get_encoder("timm:resnet50?device=cuda")._onnx is None  # auto: torch on CUDA, nothing loaded
+    with pytest.raises(InputError, match="runtime"):
+        get_encoder("timm:resnet50?runtime=tensorrt")
+
+
+def test_timm_torchvision_and_clip_backbones_run_in_onnx_runtime_with_torch_vectors(models, photos):
+    """Each torch family exports (CLIP's attention included: its fused kernel has no ONNX form) and agrees."""
+    from embedstore.encoders import get_encoder
+    images = [p.read_bytes() for p in sorted(photos.rglob("*.jpg"))[:4]]
+    for family, spec in models.items():
+        ours, ref = get_encoder(spec), get_encoder(spec + ("&" if "?" in spec else "?") + "runtime=torch")
+        assert _cos(ours.embed(images).vectors, ref.embed(images).vectors).min() >= 0.9999, family
+        assert (ours.ran_on, ref.ran_on) == ("cpu/onnxruntime", "cpu"), family

@@ -85,6 +85,12 @@ class Encoder(ABC):
     def dtype(self) -> str:
         return "float32"
 
+    @property
+    def ran_on(self) -> str:
+        """Where the vectors were computed, recorded with each: the device, plus the runtime where it is not the
+        family's own ("cpu/onnxruntime")."""
+        return self.device
+
     # -- per-item checks -----------------------------------------------------------------------------------
     def skip_reason(self, content: Any) -> str | None:
         """Why this input cannot be embedded (recorded with the item), or None."""

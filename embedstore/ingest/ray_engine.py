@@ -151,7 +151,7 @@ class _Embedder:
             "vector": vec_col,
             "truncated": pa.array([bool(got.truncated.get(h, False)) if h else False for h in hashes]),
             "n_tokens": pa.array([n_tokens.get(h) if h else None for h in hashes], pa.int32()),
-            "device": pa.array([self.enc.device] * len(hashes), pa.string()),
+            "device": pa.array([self.enc.ran_on] * len(hashes), pa.string()),
             "dtype": pa.array([self.enc.dtype] * len(hashes), pa.string()),
             "fingerprint": pa.array([self.enc.fingerprint] * len(hashes), pa.string()),
         }

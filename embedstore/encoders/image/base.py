@@ -4,11 +4,13 @@ normalise -> model loop.
 Decode + resize/crop run in worker processes (embedstore.media.workers.Decoder) while the model runs the
 previous batch; uint8 pixels go to the device (pinned, non-blocking on CUDA), are normalised there and run in
 bf16 on CUDA. On CUDA, JPEG batches can instead be decoded on the device by nvjpeg (`gpu_decode`, gpu_decode.py).
+On CPU the normalisation and the model run in ONNX Runtime where it is installed (`runtime`, onnx_runtime.py):
+efficientnet-lite0 ran about 1.7x faster there than in torch, with the same vectors (cosine >= 0.9999).
 Preprocessing comes from the model's own config and is part of the fingerprint.
 
-Options: batch_size, device, dtype=auto|float32|bfloat16, workers (decoding processes; 0 = decode in the prefetch
-thread), max_pixels (decompression-bomb guard), draft=true|false (JPEG draft-mode decoding, changes pixels
-slightly: in the fingerprint), gpu_decode=auto|true|false.
+Options: batch_size, device, dtype=auto|float32|bfloat16, runtime=auto|torch|onnx, workers (decoding processes;
+0 = decode in the prefetch thread), max_pixels (decompression-bomb guard), draft=true|false (JPEG draft-mode
+decoding, changes pixels slightly: in the fingerprint), gpu_decode=auto|true|false.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from embedstore.encoders.base import Embedded
+from embedstore.encoders import onnx_runtime
 from embedstore.encoders.device import TorchEncoder
 from embedstore.encoders.image import gpu_decode
 from embedstore.encoders.options import Option, merge
-from embedstore.errors import EncoderUnavailableError
+from embedstore.errors import EncoderUnavailableError, InputError
 from embedstore.hashing import content_hash
 from embedstore.media.images import DEFAULT_MAX_PIXELS, ImageJob, Preprocess
 from embedstore.media.workers import Decoder
@@ -35,6 +38,7 @@ IMAGE_OPTIONS = (
     # off until a GPU run shows nvjpeg winning (no GPU has run this path yet: issue 16)
     Option("gpu_decode", "switch", False, help="nvjpeg decoding on CUDA: false (default), true, or auto "
            "(time both on the first batches, keep the faster)"),
+    onnx_runtime.RUNTIME,
 )
 
 
@@ -43,6 +47,7 @@ class ImageEncoder(TorchEncoder):
 
     modality = "image"
     first_chunk = 128  # a few seconds of work per transaction on CPU: a crash loses little
+    exports_to_onnx = True  # the model is a torch module the ONNX exporter can trace (not Keras)
     OPTIONS = merge(TorchEncoder.OPTIONS, IMAGE_OPTIONS)
 
     def __init__(self, spec: str, name: str, options: dict[str, str], revision: str | None = None):
@@ -144,6 +149,35 @@ class ImageEncoder(TorchEncoder):
         return (batch.pin_memory() if cuda else batch), ok
 
     @cached_property
+    def _onnx(self) -> onnx_runtime.OnnxModel | None:
+        """The model in ONNX Runtime (uint8 NHWC pixels in, pooled features out) when `runtime` picks it: `onnx`
+        on CPU, or `auto` on CPU where onnx and onnxruntime are installed. auto falls back to torch, with a
+        warning, when the export fails or disagrees with torch."""
+        want = self.opts["runtime"]
+        if want == "onnx" and (not self.exports_to_onnx or self._device != "cpu"):
+            why = (f"{self.scheme}: models are not torch modules" if not self.exports_to_onnx
+                   else f"it runs on the CPU, and this encoder runs on {self._device}")
+            raise InputError(f"encoder {self.spec!r}: runtime=onnx is not available ({why}); use runtime=torch "
+                             "or runtime=auto")
+        if want == "torch" or not self.exports_to_onnx or self._device != "cpu" or self._dtype != "float32" \
+                or (want == "auto" and onnx_runtime.missing()):
+            return None
+        import torch
+        h, w = self.preprocess.size
+        probe = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, h, w, 3), dtype=np.uint8))
+        try:
+            return onnx_runtime.load(_from_pixels(self), probe, self.fingerprint, self.spec)
+        except EncoderUnavailableError as e:
+            if want == "onnx":
+                raise
+            onnx_runtime.log.warning("%s; running torch", e)
+            return None
+
+    @property
+    def ran_on(self) -> str:
+        return "cpu/onnxruntime" if self._onnx is not None else self._device
+
+    @cached_property
     def _norm(self) -> tuple[Any, Any]:
         import torch
         pp = self.preprocess
@@ -155,7 +189,9 @@ class ImageEncoder(TorchEncoder):
         import torch
         pixels, ok = prepared
         vectors = np.full((len(ok), self.dim), np.nan, dtype=np.float32)  # NaN rows: failed decodes, never stored
-        if ok.any():
+        if ok.any() and self._onnx is not None:
+            vectors[ok] = self._onnx(pixels.numpy())
+        elif ok.any():
             mean, std = self._norm
             # NHWC pixels viewed as NCHW keep channels-last strides (through float() and the normalisation):
             # convolutions run faster so, on CPU (about 1.3-1.5x for efficientnet-lite0 here) as on GPU
@@ -165,3 +201,21 @@ class ImageEncoder(TorchEncoder):
                 out = self._forward(x)
             vectors[ok] = out.float().cpu().numpy()
         return Embedded(vectors)
+
+
+
+def _from_pixels(enc: ImageEncoder) -> Any:
+    """An image encoder's torch path as one module, for export: uint8 [n, h, w, 3] -> normalised NCHW -> features."""
+    import torch
+
+    class FromPixels(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = enc._model  # registered, so that its weights become the graph's initialisers
+            self.mean, self.std = (t.cpu().clone() for t in enc._norm)  # plain tensors, not inference-mode ones
+
+        def forward(self, pixels: Any) -> Any:
+            x = (pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
+            return enc._forward(x).float()
+
+    return FromPixels().eval()  # a new module trains by default, and the exporter restores that mode to all of it

@@ -120,6 +120,7 @@ class KerasEncoder(ImageEncoder):
     """`keras:<file or dir>[?layer=<name>&preprocess=<mode or application>&interpolation=<filter>]`."""
 
     scheme = "keras"
+    exports_to_onnx = False
     OPTIONS = merge(ImageEncoder.OPTIONS, (
         Option("layer", "str", fingerprint=True,
                help="layer whose output is the feature (default: the one feeding the classifier)"),

@@ -8,6 +8,7 @@ see tests).
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,12 @@ class TransformerTextEncoder(TextEncoder, HFModel):
 
     token_budget = 4 * 131_072  # lengths are characters, about 4 per token: ~131k padded tokens per CUDA batch
     tokenizer: Any
+
+    @cached_property
+    def batch_size(self) -> int:
+        """Texts per forward pass unless ?batch_size= says: bf16 on CPU (AMX tiles) gains from larger matrices, 128
+        texts ran 1.3x faster than 32 on SST-2 (512: slower again); float32 gains nothing from more than 32."""
+        return 128 if self._dtype == "bfloat16" and self._device == "cpu" else 32
 
     def _tokenize(self, texts: list[str]) -> dict:
         return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
