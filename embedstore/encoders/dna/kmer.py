@@ -63,11 +63,13 @@ def fit_idf(seqs: Sequence[str], k: int) -> np.ndarray:
     return (np.log((len(seqs) + 1) / (df + 1)) + 1).astype(np.float32)
 
 
-def _normalise_rows(x: np.ndarray, norm: str) -> np.ndarray:
+def _normalise_rows(counts, norm: str):
+    """Rows of a CSR matrix scaled to unit L1 or L2 norm (or left as they are) on its stored entries, so that the
+    dense matrix is written once, afterwards."""
     if norm == "none":
-        return x
-    scale = np.abs(x).sum(1) if norm == "l1" else np.sqrt((x * x).sum(1))
-    return x / np.maximum(scale, 1e-12)[:, None]
+        return counts
+    from sklearn.preprocessing import normalize
+    return normalize(counts, norm=norm, copy=False)
 
 
 class KmerEncoder(DNAEncoder):
@@ -149,8 +151,10 @@ class KmerEncoder(DNAEncoder):
         counts, lengths = prepared
         if self.idf is not None:
             counts = counts.multiply(self.idf[None, :]).tocsr()
-        if self.canonical:  # re-label columns; toarray() adds the entries that land on one column
+        if self.canonical:  # re-label columns
             column, n = canonical_columns(self.k)
             counts = sparse.csr_matrix((counts.data, column[counts.indices], counts.indptr), (counts.shape[0], n))
-        x = counts.toarray()
-        return Embedded(_normalise_rows(x, self.norm).astype(np.float32), lengths, np.zeros(len(lengths), bool))
+        if self.canonical:
+            counts.sum_duplicates()  # entries that landed on one column, added before the norms are taken
+        x = _normalise_rows(counts.astype(np.float32), self.norm).toarray()
+        return Embedded(x, lengths, np.zeros(len(lengths), bool))
