@@ -39,3 +39,22 @@ def test_bench_ray_smoke():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cosine per item, min" in proc.stdout and "merge of staged shards" in proc.stdout
     assert "100M rows" in proc.stdout and "smoke run" in proc.stdout
+
+
+def test_gpu_suite_smoke():
+    """benchmarks/gpu_suite.py on the CPU with tiny models: every section (text, images, DNA, model-only) runs its
+    peer and the store, and its correctness checks hold, so the suite is ready when a GPU is lent."""
+    require_data(DATASETS / "text" / "sst2")
+    require_data(DATASETS / "image" / "cifar10")
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--smoke"], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-2000:])
+    lines = {ln.split()[0] + " " + ln.split()[1]: ln.split()[2] for ln in proc.stdout.splitlines()
+             if ln.startswith("  ") and len(ln.split()) >= 3 and ln.split()[0].endswith(":")}
+    for section in ("text", "images", "dna"):
+        assert float(lines[f"{section}: cos_gpu_vs_cpu_fp32_min"]) >= 0.99, section
+    assert (lines["text: embedded"], lines["text: reingest_embedded"]) == ("300", "0")
+    assert (lines["dna: embedded"], lines["dna: reingest_embedded"]) == ("16", "0")
+    images = next(ln for ln in proc.stdout.splitlines() if ln.startswith("  images: gpu_decode_false"))
+    assert '"embedded": 24' in images and '"reingest_embedded": 0' in images
+    assert "goal images_vs_dataloader" in proc.stdout and "smoke run" in proc.stdout
