@@ -81,7 +81,7 @@ def run(model, store, train: Path, test: Path, slices: int) -> dict:
     baseline_accuracy = float(accuracy_score(te["labels"], clf.predict(te["X"])))
     with timed() as hfit:
         _, holdout = heads.fit(store, "sst2", label="label", model="logreg", encoder="minilm", name="sst2-lr")
-    ev = heads.evaluate(store, "sst2-lr", "sst2-test", "label")
+    ev = heads.evaluate(store, "sst2-lr", "sst2-test", label="label")
     again = []
     for path, dataset in ((train, "sst2"), (test, "sst2-test")):
         with timed() as t:

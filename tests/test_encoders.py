@@ -158,3 +158,31 @@ def test_paraphrase_l3_onnx_matches_the_graphs_own_pooling():
     assert enc.dim == 384 and get_encoder("paraphrase-l3?pooling=cls").fingerprint != enc.fingerprint
     sims = cos(out.vectors[:1].repeat(2, 0), out.vectors[1:3])
     assert out.vectors.shape == (4, 384) and np.isfinite(sims).all()
+
+
+def test_a_batch_the_device_cannot_hold_is_run_in_halves_and_loses_no_item(minilm):
+    """A CUDA out-of-memory error (raised here on CPU by a forward pass that refuses more than 5 texts) splits the
+    batch in halves, prepared again, until they fit: same vectors and token counts, every item once. Another error,
+    or an out-of-memory error on a single item, is raised as it is."""
+    import torch
+    texts = [f"sentence number {i} " * (i % 7 + 1) for i in range(40)]
+    want = get_encoder("minilm?batch_size=16").embed(texts)
+    enc = get_encoder("minilm?batch_size=16")
+    real, sizes = enc._forward, []
+
+    def forward(feats, limit=5, error=torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")):
+        sizes.append(feats["input_ids"].shape[0])
+        if sizes[-1] > limit:
+            raise error
+        return real(feats)
+    enc._forward = forward
+    got = enc.embed(texts)
+    assert cos(got.vectors, want.vectors).min() >= 0.9999
+    assert np.array_equal(got.n_tokens, want.n_tokens) and np.array_equal(got.truncated, want.truncated)
+    assert sum(n for n in sizes if n <= 5) == 40 and max(sizes) == 16
+    enc._forward = lambda feats: forward(feats, limit=0)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        enc.embed(texts[:3])
+    enc._forward = lambda feats: forward(feats, limit=0, error=ValueError("a bug, not memory"))
+    with pytest.raises(ValueError, match="a bug"):
+        enc.embed(texts[:3])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,8 @@ import numpy as np
 
 from embedstore.fsutil import sha256_file
 from embedstore.encoders.options import Option, parse_options
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -151,7 +154,36 @@ class Encoder(ABC):
                     idx = batches[b + 2]
                     pending.append(pool.submit(self.prepare, [contents[i] for i in idx]))
                 pending[b] = None  # free the prepared batch once consumed
-                yield self.run(prepared)
+                yield self._run_or_halve(prepared, [contents[i] for i in batches[b]])
+
+    def _run_or_halve(self, prepared: Any, items: list) -> Embedded:
+        """`run`, and when the device runs out of memory, the two halves of the batch (prepared again) in turn,
+        down to single items: a batch too large for the GPU costs time, never items."""
+        try:
+            return self.run(prepared)
+        except Exception as e:  # torch.cuda.OutOfMemoryError, without importing torch here
+            if not _out_of_memory(e) or len(items) < 2:
+                raise
+        del prepared
+        _free_device_cache()
+        log.warning("encoder %s: the device ran out of memory on a batch of %d; running it in halves",
+                    self.spec, len(items))
+        half = len(items) // 2
+        parts = [self._run_or_halve(self.prepare(p), p) for p in (items[:half], items[half:])]
+        return Embedded(np.concatenate([p.vectors for p in parts]),
+                        *(None if any(getattr(p, f) is None for p in parts) else
+                          np.concatenate([getattr(p, f) for p in parts]) for f in ("n_tokens", "truncated")))
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
+def _free_device_cache() -> None:
+    import sys
+    torch = sys.modules.get("torch")  # only a torch encoder can have filled a device cache
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def hash_files(root: str | os.PathLike, skip: Callable[[str], bool] = lambda rel: False) -> dict[str, str]:
