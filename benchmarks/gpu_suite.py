@@ -89,7 +89,7 @@ def prepare(out: Path) -> None:
     """The data slices, the MiniLM tokenizer files and the wheels the GPU image lacks, into `out` (ignored)."""
     import tarfile
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(dataset_path("text", "sst2", "train.tsv"), out / "sst2_train.tsv")
+    shutil.copyfile(dataset_path("text", "sst2", "train.tsv"), out / "sst2_train.tsv")
     with tarfile.open(dataset_path("image", "cifar10", "test.tar.gz")) as src, \
             tarfile.open(out / "cifar_test_2000.tar", "w") as dst:
         members = sorted((m for m in src if m.isfile()), key=lambda m: m.name)[:2000]

@@ -1,12 +1,28 @@
-"""`st:<dir or cached hub id>[@revision]`: a sentence-transformers pipeline, with its own pooling and normalisation."""
+"""`st:<dir or cached hub id>[@revision]`: a sentence-transformers pipeline, with its own pooling and normalisation.
+
+`?quantize=int8` runs the whole pipeline (transformer, pooling, normalisation) as a dynamically quantised int8
+ONNX Runtime graph on CPU, exported once to the model cache: its own fingerprint, since its vectors differ from
+float32 (all-MiniLM-L6-v2 on SST-2: benchmarks/README.md gives the agreement and the accuracy change).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from functools import cached_property
+from typing import Any
 
+import numpy as np
+
+from embedstore.encoders import onnx_runtime
+from embedstore.encoders.base import Embedded
+from embedstore.encoders.options import Option, merge
 from embedstore.encoders.text.transformer import TransformerTextEncoder
+from embedstore.errors import InputError
+
+QUANTIZE = Option("quantize", "choice", "none", ("none", "int8"), fingerprint=True,
+                  help="int8: the pipeline as a dynamic-int8 ONNX Runtime graph on CPU (own fingerprint)")
+INT8_PROBE = ["a probe sentence for the int8 graph", "ok"]
 
 
 class SentenceTransformerEncoder(TransformerTextEncoder):
@@ -15,6 +31,58 @@ class SentenceTransformerEncoder(TransformerTextEncoder):
 
     scheme = "st"
     cpu_bf16 = True
+    OPTIONS = merge(TransformerTextEncoder.OPTIONS, (QUANTIZE,))
+
+    @property
+    def quantized(self) -> bool:
+        return self.opts["quantize"] == "int8"
+
+    @cached_property
+    def _int8(self) -> onnx_runtime.OnnxModel:
+        if self._device != "cpu":
+            raise InputError(f"encoder {self.spec!r}: quantize=int8 runs in ONNX Runtime on the CPU, and this "
+                             f"encoder runs on {self._device}; drop quantize or pass device=cpu")
+        import torch
+        model = self._model
+        names = [k for k in self._tokenize(INT8_PROBE) if k in ("input_ids", "attention_mask", "token_type_ids")]
+
+        class Pipeline(torch.nn.Module):  # positional tensors in, the pipeline's sentence embedding out
+            def __init__(self) -> None:
+                super().__init__()
+                self.st = model
+
+            def forward(self, *tensors: Any) -> Any:
+                return self.st(dict(zip(names, tensors)))["sentence_embedding"]
+
+        probe = {k: v for k, v in self._tokenize(INT8_PROBE).items() if k in names}
+        return onnx_runtime.load(Pipeline().eval(), probe, self.fingerprint, self.spec, quantize="int8",
+                                 agreement=0.8)
+
+    @property
+    def dtype(self) -> str:
+        return "int8" if self.quantized else self._dtype
+
+    def versions(self) -> dict:
+        if not self.quantized:
+            return super().versions()
+        import onnxruntime
+        return {**super().versions(), "onnxruntime": onnxruntime.__version__}
+
+    @property
+    def ran_on(self) -> str:
+        return "cpu/onnxruntime" if self.quantized else self._device
+
+    @cached_property
+    def batch_size(self) -> int:
+        """32 for the int8 graph (measured fastest there), else as transformer text encoders choose."""
+        return 32 if self.quantized else TransformerTextEncoder.batch_size.func(self)
+
+    def run(self, prepared: tuple[dict, np.ndarray, np.ndarray]) -> Embedded:
+        if not self.quantized:
+            return super().run(prepared)
+        feats, n_tok, truncated = prepared
+        vectors = self._int8({k: v.numpy().astype(np.int64) for k, v in feats.items() if hasattr(v, "numpy")})
+        return Embedded(vectors.astype(np.float32), n_tok, truncated)
 
     @cached_property
     def _model(self):
@@ -60,7 +128,10 @@ class SentenceTransformerEncoder(TransformerTextEncoder):
                                                  if isinstance(m, dict))
 
     def identity(self) -> dict:
-        return {"files": self._weights_hash, "max_length": self.max_length}
+        """`quantize` only when asked, so that float32 stores keep their fingerprints."""
+        return {"files": self._weights_hash, "max_length": self.max_length,
+                **({"quantize": "int8 dynamic, per-channel weights", "onnx_opset": onnx_runtime.OPSET}
+                   if self.quantized else {})}
 
     def _tokenize(self, texts: list[str]) -> dict:
         m = self._model
