@@ -71,6 +71,13 @@ class OnnxModel:
         return self.session.run(None, feeds)[0]
 
 
+def _no_autocast() -> Any:
+    """A region without CPU autocast: the graph is traced, and checked, in float32 (an encoder's embed() runs in
+    an autocast region when its dtype is bf16)."""
+    import torch
+    return torch.autocast("cpu", enabled=False)
+
+
 def _as_inputs(example: Any) -> dict[str, Any]:
     """A tensor or a dict of tensors, as the graph's named inputs."""
     return dict(example) if isinstance(example, dict) else {"input": example}
@@ -90,7 +97,7 @@ def _export(module: Any, example: Any, path: Path, quantize: str = "none") -> No
     fast_mha = torch.backends.mha.get_fastpath_enabled()
     try:
         torch.backends.mha.set_fastpath_enabled(False)  # nn.MultiheadAttention's fused kernel (CLIP) has no ONNX form
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        with torch.inference_mode(False), torch.no_grad(), _no_autocast(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on Python control flow it has unrolled
             torch.onnx.export(module, tuple(inputs.values()), str(traced), input_names=list(inputs),
                               output_names=["output"], dynamic_axes={**dynamic, "output": {0: "n"}},
@@ -133,7 +140,7 @@ def load(module: Any, example: Any, fingerprint: str, spec: str, quantize: str =
                                           "runtime=torch") from None
         model = OnnxModel(path)
     inputs = _as_inputs(example)
-    with torch.inference_mode():
+    with torch.inference_mode(), _no_autocast():  # torch's float32 vectors, whatever region the caller is in
         want = module(*inputs.values()).float().numpy()
     try:
         got = model({k: v.numpy() for k, v in inputs.items()})
