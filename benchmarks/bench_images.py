@@ -200,9 +200,12 @@ def throughput(args, tmp: Path) -> dict:
     print(f"{n:,} CIFAR-10 test images as {32 * args.scale}px JPEG files, {args.slices} alternating slices")
     show("peer: DataLoader + PIL + timm transform, images/s", peer_rate)
     show("ours: embedstore ingest (decode workers, store, index), images/s", ours_rate)
-    show("ratio ours / peer (throughput)", figures["ratio_ours_over_peer"], verdict(figures["ratio_ours_over_peer"]
-                                                                                  >= 0.9))
-    show("cosine ours vs peer vectors, min", figures["cosine_ours_vs_peer_min"])
+    show("ratio ours / peer (throughput)", figures["ratio_ours_over_peer"], "issue 16: >= 2.0, "
+         + verdict(figures["ratio_ours_over_peer"] >= 2.0))
+    show("cosine ours vs peer vectors, min", figures["cosine_ours_vs_peer_min"], "issue 16: >= 0.9999, "
+         + verdict(figures["cosine_ours_vs_peer_min"] >= 0.9999))
+    show("our runtime (recorded device of the vectors)", enc.ran_on)
+    figures["ours_ran_on"] = enc.ran_on
     return figures
 
 
