@@ -179,7 +179,7 @@ def throughput(args, tmp: Path) -> dict:
             for step in order:
                 step()
             assert t["report"].embedded == len(part), t["report"].summary()
-            X, _, fs = store.features(f"s{i}", ENCODER, label=None, return_meta=True)
+            X, _, fs = store.features(f"s{i}", encoder=ENCODER, label=None, return_meta=True)
             ours_X.update(zip(fs.keys, X))
             peer_X.update((f.relative_to(tmp / "files").as_posix(), v) for f, v in zip(part, t["X"]))
             runs.append({"images": len(part), "peer_s": t["peer"].seconds, "ours_s": t["ours"].seconds,
