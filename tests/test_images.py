@@ -589,6 +589,10 @@ def test_runtime_onnx_is_refused_where_it_cannot_run(tmp_path):
     with pytest.raises(InputError, match="runtime=onnx is not available .*runs on the CPU, and this encoder runs on cuda"):
         _ = get_encoder("timm:resnet50?runtime=onnx&device=cuda")._onnx
     assert get_encoder("timm:resnet50?device=cuda")._onnx is None  # auto: torch on CUDA, nothing loaded
+    with pytest.raises(InputError, match="it runs float32, and dtype=bfloat16 was asked"):
+        _ = get_encoder("timm:resnet50?runtime=onnx&dtype=bfloat16&device=cpu")._onnx
+    with pytest.raises(InputError, match="keras: models are not torch modules"):
+        _ = get_encoder(f"keras:{tmp_path}/m.keras?runtime=onnx")._onnx
     with pytest.raises(InputError, match="runtime"):
         get_encoder("timm:resnet50?runtime=tensorrt")
 

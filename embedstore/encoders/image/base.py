@@ -154,9 +154,10 @@ class ImageEncoder(TorchEncoder):
         on CPU, or `auto` on CPU where onnx and onnxruntime are installed. auto falls back to torch, with a
         warning, when the export fails or disagrees with torch."""
         want = self.opts["runtime"]
-        if want == "onnx" and (not self.exports_to_onnx or self._device != "cpu"):
+        if want == "onnx" and (not self.exports_to_onnx or self._device != "cpu" or self._dtype != "float32"):
             why = (f"{self.scheme}: models are not torch modules" if not self.exports_to_onnx
-                   else f"it runs on the CPU, and this encoder runs on {self._device}")
+                   else f"it runs on the CPU, and this encoder runs on {self._device}" if self._device != "cpu"
+                   else f"it runs float32, and dtype={self._dtype} was asked")
             raise InputError(f"encoder {self.spec!r}: runtime=onnx is not available ({why}); use runtime=torch "
                              "or runtime=auto")
         if want == "torch" or not self.exports_to_onnx or self._device != "cpu" or self._dtype != "float32" \
