@@ -486,3 +486,14 @@ def test_reading_the_registry_and_dna_fingerprints_import_no_torch(tiny_nt):
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     assert {r["spec"] for r in list_encoders()} >= {"kmer:<...>", "tiara:<...>", "hf-dna:<...>"}
+
+
+def test_a_prepared_kmer_batch_gives_the_same_vectors_twice():
+    """run() leaves its prepared batch as it was (a retried batch, after an out-of-memory split, is run again):
+    canonical merging once summed the shared counts in place."""
+    from embedstore.encoders import get_encoder
+    for spec in ("kmer:4?canonical=true", "kmer:4", "kmer:3?canonical=true&norm=l2"):
+        enc = get_encoder(spec)
+        prepared = enc.prepare(["ACGTACGTTTGACCA", "GGGGCCCCAAAATTTT", "ACGTNNNACGGT"])
+        first = enc.run(prepared).vectors
+        assert np.array_equal(enc.run(prepared).vectors, first), spec

@@ -162,8 +162,9 @@ def test_paraphrase_l3_onnx_matches_the_graphs_own_pooling():
 
 def test_a_batch_the_device_cannot_hold_is_run_in_halves_and_loses_no_item(minilm):
     """A CUDA out-of-memory error (raised here on CPU by a forward pass that refuses more than 5 texts) splits the
-    batch in halves, prepared again, until they fit: same vectors and token counts, every item once. Another error,
-    or an out-of-memory error on a single item, is raised as it is."""
+    batch in halves, prepared again, until they fit: same vectors and token counts, every item once; later CUDA
+    plans stay under half the padded size that did not fit. Another error is raised as it is; out of memory on a single item says what
+    to do."""
     import torch
     texts = [f"sentence number {i} " * (i % 7 + 1) for i in range(40)]
     want = get_encoder("minilm?batch_size=16").embed(texts)
@@ -180,8 +181,10 @@ def test_a_batch_the_device_cannot_hold_is_run_in_halves_and_loses_no_item(minil
     assert cos(got.vectors, want.vectors).min() >= 0.9999
     assert np.array_equal(got.n_tokens, want.n_tokens) and np.array_equal(got.truncated, want.truncated)
     assert sum(n for n in sizes if n <= 5) == 40 and max(sizes) == 16
+    first = sorted(texts, key=enc.length)[-16:]  # the first batch: the 16 longest texts
+    assert enc.token_budget <= 16 * max(map(enc.length, first)) // 2  # later CUDA plans: under half of it
     enc._forward = lambda feats: forward(feats, limit=0)
-    with pytest.raises(torch.cuda.OutOfMemoryError):
+    with pytest.raises(EncoderUnavailableError, match="one input does not fit in the device's memory even alone"):
         enc.embed(texts[:3])
     enc._forward = lambda feats: forward(feats, limit=0, error=ValueError("a bug, not memory"))
     with pytest.raises(ValueError, match="a bug"):
@@ -205,5 +208,7 @@ def test_int8_is_its_own_fingerprint_runs_in_onnx_runtime_and_stays_close(minilm
     store.ingest(texts[:20], dataset="q", encoder="minilm?quantize=int8", progress=False)
     rec = store.resolve_encoder("minilm?quantize=int8", "q")
     assert store.sql(f"SELECT DISTINCT device, dtype FROM {rec.table}").rows() == [("cpu/onnxruntime", "int8")]
-    with pytest.raises(InputError, match="quantize=int8 runs in ONNX Runtime on the CPU"):
-        _ = get_encoder("minilm?quantize=int8&device=cuda")._int8
+    with pytest.raises(InputError, match="quantize=int8 runs in ONNX Runtime on the CPU, not on cuda"):
+        get_encoder("minilm?quantize=int8&device=cuda")
+    monkeypatch.setenv("EMBEDSTORE_DEVICE", "cuda")
+    assert get_encoder("minilm?quantize=int8")._device == "cpu"

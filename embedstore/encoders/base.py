@@ -154,22 +154,34 @@ class Encoder(ABC):
                     idx = batches[b + 2]
                     pending.append(pool.submit(self.prepare, [contents[i] for i in idx]))
                 pending[b] = None  # free the prepared batch once consumed
-                yield self._run_or_halve(prepared, [contents[i] for i in batches[b]])
+                box, prepared = [prepared], None  # _run_or_halve holds the only reference: it can free it
+                yield self._run_or_halve(box, [contents[i] for i in batches[b]],
+                                         lambda items: pool.submit(self.prepare, items).result())
 
-    def _run_or_halve(self, prepared: Any, items: list) -> Embedded:
-        """`run`, and when the device runs out of memory, the two halves of the batch (prepared again) in turn,
-        down to single items: a batch too large for the GPU costs time, never items."""
+    def _run_or_halve(self, box: list, items: list, prepare: Callable[[list], Any]) -> Embedded:
+        """`run` on the prepared batch in `box`, and when the device runs out of memory, the two halves of the
+        batch (prepared again, in the prefetch thread: tokenizers are not safe to call from two threads) in turn,
+        down to single items: a batch too large for the GPU costs time, never items. Later CUDA plans keep under
+        half the padded size of the largest batch that did not fit."""
+        prepared = box.pop()
         try:
             return self.run(prepared)
         except Exception as e:  # torch.cuda.OutOfMemoryError, without importing torch here
-            if not _out_of_memory(e) or len(items) < 2:
+            if not _out_of_memory(e):
                 raise
+            if len(items) < 2:
+                from embedstore.errors import EncoderUnavailableError
+                raise EncoderUnavailableError(
+                    f"encoder {self.spec!r}: one input does not fit in the device's memory even alone "
+                    f"({str(e).strip().splitlines()[0][:200]}); lower max_length, or use device=cpu") from None
         del prepared
         _free_device_cache()
         log.warning("encoder %s: the device ran out of memory on a batch of %d; running it in halves",
                     self.spec, len(items))
+        padded = len(items) * max(max(self.length(c) for c in items), 1)  # what this batch asked of the device
+        self.token_budget = max(1, min(self.token_budget, padded // 2))  # later CUDA plans stay under half of it
         half = len(items) // 2
-        parts = [self._run_or_halve(self.prepare(p), p) for p in (items[:half], items[half:])]
+        parts = [self._run_or_halve([prepare(p)], p, prepare) for p in (items[:half], items[half:])]
         return Embedded(np.concatenate([p.vectors for p in parts]),
                         *(None if any(getattr(p, f) is None for p in parts) else
                           np.concatenate([getattr(p, f) for p in parts]) for f in ("n_tokens", "truncated")))

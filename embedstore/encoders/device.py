@@ -19,7 +19,8 @@ def cpu_has_amx() -> bool:
     autocast runs a transformer about twice as fast as float32; without AMX it is slower."""
     import torch
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: absent means no
-    return bool(probe and probe())
+    usable = getattr(torch.cpu, "_init_amx", None)  # the kernel lets this process use the tiles (Linux >= 5.16)
+    return bool(probe and probe() and usable and usable())
 
 
 def resolve_dtype(want: str, device: str, cpu_bf16: bool = False) -> str:

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def _export(module: Any, example: Any, path: Path, quantize: str = "none") -> No
     import torch
     inputs = _as_inputs(example)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
     traced = tmp.with_suffix(".fp32.tmp") if quantize != "none" else tmp
     dynamic = {k: ({0: "n", 1: "tokens"} if v.ndim == 2 and not v.is_floating_point() else {0: "n"})
                for k, v in inputs.items()}
@@ -106,11 +107,12 @@ def _export(module: Any, example: Any, path: Path, quantize: str = "none") -> No
             from onnxruntime.quantization import QuantType, quantize_dynamic
             # per-channel weight scales: MiniLM on SST-2 agreed with float32 to cosine 0.990 mean / 0.966 min, against
             # 0.955 / 0.854 with one scale per tensor, at the same speed
-            logging.disable(logging.WARNING)  # its advice to pre-process the graph, on the root logger
+            level = logging.root.manager.disable
+            logging.disable(max(level, logging.WARNING))  # its advice to pre-process the graph, on the root logger
             try:
                 quantize_dynamic(str(traced), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
             finally:
-                logging.disable(logging.NOTSET)
+                logging.disable(level)
         os.replace(tmp, path)
     finally:
         torch.backends.mha.set_fastpath_enabled(fast_mha)
@@ -119,10 +121,11 @@ def _export(module: Any, example: Any, path: Path, quantize: str = "none") -> No
 
 
 def load(module: Any, example: Any, fingerprint: str, spec: str, quantize: str = "none",
-         agreement: float = AGREEMENT) -> OnnxModel:
+         agreement: float = AGREEMENT, instead: str = "use runtime=torch") -> OnnxModel:
     """`module` (a torch module of one tensor, or of the named tensors of a dict) as an ONNX Runtime model:
     exported on first use, then read from the cache; refused when its vectors on `example` do not agree with
-    torch's to `agreement` (a looser bound for a quantised graph: there it guards against a broken export)."""
+    torch's to `agreement` (a looser bound for a quantised graph: there it guards against a broken export).
+    `instead`: what the errors advise doing instead."""
     if (pkg := missing()) is not None:
         raise EncoderUnavailableError(f"encoder {spec!r}: ONNX Runtime needs {pkg}: pip install onnx onnxruntime")
     import torch
@@ -140,9 +143,13 @@ def load(module: Any, example: Any, fingerprint: str, spec: str, quantize: str =
             _export(module, example, path, quantize)
         except Exception as e:  # the exporter's failures have no common type
             raise EncoderUnavailableError(f"encoder {spec!r}: the model could not be exported to ONNX "
-                                          f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}); use "
-                                          "runtime=torch") from None
-        model = OnnxModel(path)
+                                          f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}); "
+                                          f"{instead}") from None
+        try:
+            model = OnnxModel(path)
+        except Exception as e:  # an operator this onnxruntime lacks, say: its own exception types
+            raise EncoderUnavailableError(f"encoder {spec!r}: ONNX Runtime cannot load the export {path} "
+                                          f"({str(e).strip().splitlines()[0][:300]}); {instead}") from None
     inputs = _as_inputs(example)
     with torch.inference_mode(), _no_autocast():  # torch's float32 vectors, whatever region the caller is in
         want = module(*inputs.values()).float().numpy()
@@ -156,5 +163,5 @@ def load(module: Any, example: Any, fingerprint: str, spec: str, quantize: str =
                else f"cosine {float(np.nan_to_num(cos.min())):.6f} < {agreement}")
     if got is None or got.shape != want.shape or not cos.min() >= agreement:
         raise EncoderUnavailableError(f"encoder {spec!r}: its ONNX export ({path}) disagrees with torch ({why}); "
-                                      f"delete it to export again, or use runtime=torch")
+                                      f"delete it to export again, or {instead.removeprefix('use ')}")
     return model

@@ -153,7 +153,8 @@ class KmerEncoder(DNAEncoder):
             counts = counts.multiply(self.idf[None, :]).tocsr()
         if self.canonical:  # re-label columns
             column, n = canonical_columns(self.k)
-            counts = sparse.csr_matrix((counts.data, column[counts.indices], counts.indptr), (counts.shape[0], n))
+            counts = sparse.csr_matrix((counts.data.copy(), column[counts.indices], counts.indptr.copy()),
+                                       (counts.shape[0], n))  # a copy: summing below must not alter the batch
         if self.canonical:
             counts.sum_duplicates()  # entries that landed on one column, added before the norms are taken
         x = _normalise_rows(counts.astype(np.float32), self.norm).toarray()

@@ -18,7 +18,7 @@ from embedstore.encoders import onnx_runtime
 from embedstore.encoders.base import Embedded
 from embedstore.encoders.options import Option, merge
 from embedstore.encoders.text.transformer import TransformerTextEncoder
-from embedstore.errors import InputError
+from embedstore.errors import EncoderUnavailableError, InputError
 
 QUANTIZE = Option("quantize", "choice", "none", ("none", "int8"), fingerprint=True,
                   help="int8: the pipeline as a dynamic-int8 ONNX Runtime graph on CPU (own fingerprint)")
@@ -33,15 +33,26 @@ class SentenceTransformerEncoder(TransformerTextEncoder):
     cpu_bf16 = True
     OPTIONS = merge(TransformerTextEncoder.OPTIONS, (QUANTIZE,))
 
+    def __init__(self, spec: str, name: str, options: dict[str, str], revision: str | None = None):
+        super().__init__(spec, name, options, revision)
+        if self.quantized and self.opts["device"] not in (None, "cpu"):
+            raise InputError(f"encoder {spec!r}: quantize=int8 runs in ONNX Runtime on the CPU, not on "
+                             f"{self.opts['device']}; drop quantize=int8 or device")
+        if self.quantized and (pkg := onnx_runtime.missing()) is not None:
+            raise EncoderUnavailableError(f"encoder {spec!r}: quantize=int8 needs {pkg}: pip install onnx "
+                                          "onnxruntime (or drop quantize=int8)")
+
     @property
     def quantized(self) -> bool:
         return self.opts["quantize"] == "int8"
 
     @cached_property
+    def _device(self) -> str:
+        """The CPU for the int8 graph (whatever EMBEDSTORE_DEVICE says), else as torch encoders choose."""
+        return "cpu" if self.quantized else TransformerTextEncoder._device.func(self)
+
+    @cached_property
     def _int8(self) -> onnx_runtime.OnnxModel:
-        if self._device != "cpu":
-            raise InputError(f"encoder {self.spec!r}: quantize=int8 runs in ONNX Runtime on the CPU, and this "
-                             f"encoder runs on {self._device}; drop quantize or pass device=cpu")
         import torch
         model = self._model
         names = [k for k in self._tokenize(INT8_PROBE) if k in ("input_ids", "attention_mask", "token_type_ids")]
@@ -56,7 +67,7 @@ class SentenceTransformerEncoder(TransformerTextEncoder):
 
         probe = {k: v for k, v in self._tokenize(INT8_PROBE).items() if k in names}
         return onnx_runtime.load(Pipeline().eval(), probe, self.fingerprint, self.spec, quantize="int8",
-                                 agreement=0.8)
+                                 agreement=0.8, instead="drop ?quantize=int8")
 
     @property
     def dtype(self) -> str:
