@@ -217,19 +217,37 @@ def engine_options(args) -> dict:
     return {"chunk_size": args.chunk_size}
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """With --json, stdout holds the report alone: whatever is written to it meanwhile, by Python or by a
+    library's own threads and C code (Ray's messages about its workers), goes to stderr."""
+    import os
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def cmd_ingest(args) -> int:
     from embedstore.validate import split_names
     reports, engine = [], engine_options(args)  # a misused flag is refused before the store is created
-    # with --json, stdout holds the report alone: what else is printed meanwhile (Ray's messages about its
-    # workers) goes to stderr
     with open_store(args, read_only=False, create=True) as store, inputs(args.source, args.format) as (source, name), \
-            contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            stdout_to_stderr() if args.json else contextlib.nullcontext():
         for spec in split_names(args.encoder, "encoder specs"):
             report = store.ingest(source, dataset=args.dataset, encoder=spec, **vars(table_options(args)),
                                   source_name=name, progress=not args.quiet, replace=args.replace, **engine)
             reports.append(report)
             if not args.json:
                 print(report.summary())
+        if engine.get("engine") == "ray":
+            from embedstore.ingest.ray_engine import shutdown
+            shutdown()  # Ray's late messages about retried tasks are printed now, not after the report
     if args.json:
         dump_json(reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports])
     return 0

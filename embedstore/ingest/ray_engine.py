@@ -340,6 +340,17 @@ def _ray_failure(e: BaseException) -> EmbedstoreError:
                            "go on, and see the Ray logs, e.g. /tmp/ray/session_latest/logs, for the cause)")
 
 
+def shutdown() -> None:
+    """Stop the Ray this process started (the CLI's; a Python user's own stays theirs to stop)."""
+    ray = ray_module()
+    if ray.is_initialized() and _STARTED_HERE:
+        ray.shutdown()
+        _STARTED_HERE.clear()
+
+
+_STARTED_HERE: list[bool] = []  # set when _run called ray.init itself
+
+
 def _run(db: "Database", enc: Encoder, source: Any, opts: TableOptions, source_name: str | None, *, dataset: str,
          label_column: str | None, replace: bool, progress: bool, options: RayOptions) -> IngestReport:
     """The Ray engine's part of `ingest` (which holds the writer lock and the unchanged-file shortcut)."""
@@ -347,6 +358,7 @@ def _run(db: "Database", enc: Encoder, source: Any, opts: TableOptions, source_n
     if not ray.is_initialized():
         ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
+        _STARTED_HERE.append(True)
     elif options.address:
         raise InputError(f"this process already runs Ray (ray.init was called): ray_address={options.address!r} "
                          "cannot be joined; leave it out to use the running one")
