@@ -1,8 +1,8 @@
 """Text on CPU (issue 16): embedstore ingest vs sentence-transformers' own encode, same model, same sentences.
 
   peer      SentenceTransformer(minilm dir).encode(sentences, batch_size=32): its default (torch, float32)
-  ours      store.ingest(rows, encoder="minilm"): the default (bf16 autocast on an AMX CPU, 128 a batch; float32
-            elsewhere), into a fresh store (hashing, DuckDB, FAISS included)
+  ours      store.ingest(rows, encoder="minilm"): the default (bf16 autocast in torch on an AMX CPU, 128 a batch;
+            elsewhere a float32 ONNX Runtime graph), into a fresh store (hashing, DuckDB, FAISS included)
   int8      store.ingest(rows, encoder="minilm?quantize=int8"): the pipeline as a dynamic-int8 ONNX Runtime graph
   onnx      SentenceTransformer(dir, backend="onnx"): tried; it needs optimum, which may not install beside this
             transformers (the reason is recorded)
@@ -90,8 +90,9 @@ def main() -> None:
             X = {"peer": X_peer, **{s: vectors_of(store, s, specs[s], n) for s in specs}}
             T = {"peer": peer.encode(test, batch_size=32),
                  **{s: vectors_of(store, f"{s}-test", specs[s], len(test)) for s in specs}}
-        figures: dict = {"sentences": n, "slices": args.slices, "ours_dtype": ours_enc.dtype,
-                         "st_onnx_backend": onnx_backend}
+        from embedstore.encoders.device import cpu_has_amx
+        figures: dict = {"sentences": n, "slices": args.slices, "cpu_amx": cpu_has_amx(), "ours_dtype": ours_enc.dtype,
+                         "ours_ran_on": ours_enc.ran_on, "st_onnx_backend": onnx_backend}
         for side in SIDES:
             c = (X[side] * X_peer).sum(1) / np.linalg.norm(X[side], axis=1) / np.linalg.norm(X_peer, axis=1)
             acc = float((LogisticRegression(max_iter=2000).fit(X[side], labels).predict(T[side])
@@ -108,6 +109,7 @@ def main() -> None:
              f"{f['per_s']:,.0f} | {f['speed_vs_peer']:.2f} | {f['cos_to_peer_min']:.5f} / "
              f"{f['cos_to_peer_mean']:.5f} | {f['sst2_test_accuracy_logreg']:.4f}")
     ok = figures["ours"]["speed_vs_peer"] >= 2.0 and figures["ours"]["cos_to_peer_min"] >= 0.9999
+    show("ours runs", f"{figures['ours_dtype']} on {figures['ours_ran_on']} (AMX: {figures['cpu_amx']})")
     show("ours >= 2.0x encode with cosine >= 0.9999", verdict(ok))
     show("sentence-transformers backend='onnx'", onnx_backend)
     write_results("bench_text_cpu_quick" if args.limit else "bench_text_cpu", args, figures)

@@ -1,8 +1,9 @@
 """Running an encoder's torch model through ONNX Runtime on the CPU: exported once to the model cache (keyed by the
 encoder's fingerprint and the exporter's versions), checked against torch on a probe batch, then run.
 
-Why: ONNX Runtime's CPU kernels run some backbones well ahead of torch (efficientnet-lite0 on 2 cores: about 1.7x
-torch in channels-last, benchmarks/bench_images.py). The graph is float32, so its vectors agree with torch's to
+Why: ONNX Runtime's CPU kernels run some models ahead of torch (efficientnet-lite0 on 2 cores: about 1.7x torch in
+channels-last, benchmarks/bench_images.py; all-MiniLM-L6-v2 on an AVX2 CPU about 1.2x, benchmarks/bench_text_cpu.py).
+`choose` is the one rule of the `runtime` option for every family that has it. The graph is float32, so its vectors agree with torch's to
 cosine >= 0.9999 (checked at every load) and keep the fingerprint; the runtime is recorded per vector, in its
 device ("cpu/onnxruntime"). Exports are written under a temporary name and renamed, so concurrent processes and a
 killed export never leave a half-written file behind.
@@ -18,13 +19,13 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from embedstore import config
 from embedstore.encoders.options import Option
-from embedstore.errors import EncoderUnavailableError
+from embedstore.errors import EncoderUnavailableError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,15 @@ def missing() -> str | None:
 
 
 def cpu_threads() -> int:
-    """The cores this process may run on (its affinity, which containers and taskset narrow)."""
+    """As many threads as torch would use here: the cores this process may run on (its affinity, which containers
+    and taskset narrow), fewer where OMP_NUM_THREADS or torch.set_num_threads says (Ray sets it per actor, so N
+    actors on a node share its cores instead of each taking all of them)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    import torch
+    return max(1, min(cores, torch.get_num_threads()))
 
 
 def cache_path(fingerprint: str) -> Path:
@@ -70,6 +75,28 @@ class OnnxModel:
     def __call__(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         feeds = {k: v for k, v in x.items() if k in self.inputs} if isinstance(x, dict) else {self.inputs[0]: x}
         return self.session.run(None, feeds)[0]
+
+
+def choose(enc: Any, build: Callable[[], tuple[Any, Any]], cannot: str | None = None) -> "OnnxModel | None":
+    """The ONNX Runtime model of `enc` when its `runtime` option picks one, else None (run torch). `onnx` asks for
+    it (refused where it cannot run); `auto` takes it on CPU in float32 where onnx and onnxruntime are installed,
+    and falls back to torch, with a warning, when the export fails or disagrees with torch. `build()` gives the
+    module to export and a probe input; `cannot` is why this encoder's model cannot be exported at all."""
+    want = enc.opts["runtime"]
+    cannot = cannot or (f"it runs on the CPU, and this encoder runs on {enc.device}" if enc.device != "cpu"
+                        else f"it runs float32, and dtype={enc.dtype} was asked" if enc.dtype != "float32" else None)
+    if want == "onnx" and cannot:
+        raise InputError(f"encoder {enc.spec!r}: runtime=onnx is not available ({cannot}); use runtime=torch "
+                         "or runtime=auto")
+    if want == "torch" or cannot or (want == "auto" and missing()):
+        return None
+    try:
+        return load(*build(), enc.fingerprint, enc.spec)
+    except EncoderUnavailableError as e:
+        if want == "onnx":
+            raise
+        log.warning("%s; running torch", e)
+        return None
 
 
 def _no_autocast() -> Any:

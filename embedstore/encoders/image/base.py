@@ -26,7 +26,7 @@ from embedstore.encoders import onnx_runtime
 from embedstore.encoders.device import TorchEncoder
 from embedstore.encoders.image import gpu_decode
 from embedstore.encoders.options import Option, merge
-from embedstore.errors import EncoderUnavailableError, InputError
+from embedstore.errors import EncoderUnavailableError
 from embedstore.hashing import content_hash
 from embedstore.media.images import DEFAULT_MAX_PIXELS, ImageJob, Preprocess
 from embedstore.media.workers import Decoder
@@ -150,29 +150,16 @@ class ImageEncoder(TorchEncoder):
 
     @cached_property
     def _onnx(self) -> onnx_runtime.OnnxModel | None:
-        """The model in ONNX Runtime (uint8 NHWC pixels in, pooled features out) when `runtime` picks it: `onnx`
-        on CPU, or `auto` on CPU where onnx and onnxruntime are installed. auto falls back to torch, with a
-        warning, when the export fails or disagrees with torch."""
-        want = self.opts["runtime"]
-        if want == "onnx" and (not self.exports_to_onnx or self._device != "cpu" or self._dtype != "float32"):
-            why = (f"{self.scheme}: models are not torch modules" if not self.exports_to_onnx
-                   else f"it runs on the CPU, and this encoder runs on {self._device}" if self._device != "cpu"
-                   else f"it runs float32, and dtype={self._dtype} was asked")
-            raise InputError(f"encoder {self.spec!r}: runtime=onnx is not available ({why}); use runtime=torch "
-                             "or runtime=auto")
-        if want == "torch" or not self.exports_to_onnx or self._device != "cpu" or self._dtype != "float32" \
-                or (want == "auto" and onnx_runtime.missing()):
-            return None
-        import torch
-        h, w = self.preprocess.size
-        probe = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, h, w, 3), dtype=np.uint8))
-        try:
-            return onnx_runtime.load(_from_pixels(self), probe, self.fingerprint, self.spec)
-        except EncoderUnavailableError as e:
-            if want == "onnx":
-                raise
-            onnx_runtime.log.warning("%s; running torch", e)
-            return None
+        """The model in ONNX Runtime (uint8 NHWC pixels in, pooled features out) when `runtime` picks it
+        (onnx_runtime.choose)."""
+        def build() -> tuple[Any, Any]:
+            import torch
+            h, w = self.preprocess.size
+            probe = np.random.default_rng(0).integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+            return _from_pixels(self), torch.from_numpy(probe)
+
+        return onnx_runtime.choose(self, build, None if self.exports_to_onnx
+                                   else f"{self.scheme}: models are not torch modules")
 
     @property
     def ran_on(self) -> str:

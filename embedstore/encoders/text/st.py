@@ -1,5 +1,8 @@
 """`st:<dir or cached hub id>[@revision]`: a sentence-transformers pipeline, with its own pooling and normalisation.
 
+Where it runs on CPU (`runtime=auto`): bf16 autocast in torch on an AMX CPU (about twice float32 there); elsewhere
+the whole pipeline as a float32 ONNX Runtime graph, exported once to the model cache (all-MiniLM-L6-v2 on an AVX2
+CPU: about 1.2x torch, the same vectors to cosine >= 0.9999, so the same fingerprint; benchmarks/README.md).
 `?quantize=int8` runs the whole pipeline (transformer, pooling, normalisation) as a dynamically quantised int8
 ONNX Runtime graph on CPU, exported once to the model cache: its own fingerprint, since its vectors differ from
 float32 (all-MiniLM-L6-v2 on SST-2: benchmarks/README.md gives the agreement and the accuracy change).
@@ -16,28 +19,33 @@ import numpy as np
 
 from embedstore.encoders import onnx_runtime
 from embedstore.encoders.base import Embedded
+from embedstore.encoders.device import resolve_dtype
 from embedstore.encoders.options import Option, merge
 from embedstore.encoders.text.transformer import TransformerTextEncoder
 from embedstore.errors import EncoderUnavailableError, InputError
 
 QUANTIZE = Option("quantize", "choice", "none", ("none", "int8"), fingerprint=True,
                   help="int8: the pipeline as a dynamic-int8 ONNX Runtime graph on CPU (own fingerprint)")
-INT8_PROBE = ["a probe sentence for the int8 graph", "ok"]
+PROBE = ["a probe sentence for the exported graph", "ok"]
 
 
 class SentenceTransformerEncoder(TransformerTextEncoder):
     """dtype=auto is bf16 on an AMX CPU: all-MiniLM-L6-v2 on SST-2 agrees with float32 to cosine >= 0.9999 per
-    sentence at about twice the speed (benchmarks/bench_sst2.py; tests/test_encoders.py); dtype=float32 opts out."""
+    sentence at about twice the speed (benchmarks/bench_sst2.py; tests/test_encoders.py); dtype=float32 opts out
+    (and then runs in ONNX Runtime where it is installed, as on CPUs without AMX)."""
 
     scheme = "st"
     cpu_bf16 = True
-    OPTIONS = merge(TransformerTextEncoder.OPTIONS, (QUANTIZE,))
+    OPTIONS = merge(TransformerTextEncoder.OPTIONS, (QUANTIZE, onnx_runtime.RUNTIME))
 
     def __init__(self, spec: str, name: str, options: dict[str, str], revision: str | None = None):
         super().__init__(spec, name, options, revision)
         if self.quantized and self.opts["device"] not in (None, "cpu"):
             raise InputError(f"encoder {spec!r}: quantize=int8 runs in ONNX Runtime on the CPU, not on "
                              f"{self.opts['device']}; drop quantize=int8 or device")
+        if self.quantized and self.opts["runtime"] == "torch":
+            raise InputError(f"encoder {spec!r}: quantize=int8 runs in ONNX Runtime, not torch; drop "
+                             "runtime=torch or quantize=int8")
         if self.quantized and (pkg := onnx_runtime.missing()) is not None:
             raise EncoderUnavailableError(f"encoder {spec!r}: quantize=int8 needs {pkg}: pip install onnx "
                                           "onnxruntime (or drop quantize=int8)")
@@ -52,10 +60,28 @@ class SentenceTransformerEncoder(TransformerTextEncoder):
         return "cpu" if self.quantized else TransformerTextEncoder._device.func(self)
 
     @cached_property
-    def _int8(self) -> onnx_runtime.OnnxModel:
+    def _dtype(self) -> str:
+        """float32 where an ONNX graph is asked for (quantize=int8, runtime=onnx): bf16 autocast is torch's."""
+        if self.quantized or self.opts["runtime"] == "onnx":
+            return resolve_dtype(self.opts["dtype"], self._device)
+        return TransformerTextEncoder._dtype.func(self)
+
+    @cached_property
+    def _onnx(self) -> onnx_runtime.OnnxModel | None:
+        """The pipeline in ONNX Runtime: the int8 graph when quantized, else float32 where `runtime` picks it
+        (onnx_runtime.choose), else None (torch)."""
+        if self.quantized:
+            return onnx_runtime.load(*self._pipeline(), self.fingerprint, self.spec, quantize="int8",
+                                     agreement=0.8, instead="drop ?quantize=int8")
+        return onnx_runtime.choose(self, self._pipeline)
+
+    def _pipeline(self) -> tuple[Any, dict]:
+        """The whole pipeline as one module of positional token tensors (for export), and a probe batch."""
         import torch
         model = self._model
-        names = [k for k in self._tokenize(INT8_PROBE) if k in ("input_ids", "attention_mask", "token_type_ids")]
+        probe = {k: v for k, v in self._tokenize(PROBE).items()
+                 if k in ("input_ids", "attention_mask", "token_type_ids")}
+        names = list(probe)
 
         class Pipeline(torch.nn.Module):  # positional tensors in, the pipeline's sentence embedding out
             def __init__(self) -> None:
@@ -65,34 +91,27 @@ class SentenceTransformerEncoder(TransformerTextEncoder):
             def forward(self, *tensors: Any) -> Any:
                 return self.st(dict(zip(names, tensors)))["sentence_embedding"]
 
-        probe = {k: v for k, v in self._tokenize(INT8_PROBE).items() if k in names}
-        return onnx_runtime.load(Pipeline().eval(), probe, self.fingerprint, self.spec, quantize="int8",
-                                 agreement=0.8, instead="drop ?quantize=int8")
+        return Pipeline().eval(), probe
 
     @property
     def dtype(self) -> str:
         return "int8" if self.quantized else self._dtype
 
     def versions(self) -> dict:
-        if not self.quantized:
+        if self._onnx is None:
             return super().versions()
         import onnxruntime
         return {**super().versions(), "onnxruntime": onnxruntime.__version__}
 
     @property
     def ran_on(self) -> str:
-        return "cpu/onnxruntime" if self.quantized else self._device
-
-    @cached_property
-    def batch_size(self) -> int:
-        """32 for the int8 graph (measured fastest there), else as transformer text encoders choose."""
-        return 32 if self.quantized else TransformerTextEncoder.batch_size.func(self)
+        return "cpu/onnxruntime" if self._onnx is not None else self._device
 
     def run(self, prepared: tuple[dict, np.ndarray, np.ndarray]) -> Embedded:
-        if not self.quantized:
+        if self._onnx is None:
             return super().run(prepared)
         feats, n_tok, truncated = prepared
-        vectors = self._int8({k: v.numpy().astype(np.int64) for k, v in feats.items() if hasattr(v, "numpy")})
+        vectors = self._onnx({k: v.numpy().astype(np.int64) for k, v in feats.items() if hasattr(v, "numpy")})
         return Embedded(vectors.astype(np.float32), n_tok, truncated)
 
     @cached_property
