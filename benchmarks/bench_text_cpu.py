@@ -13,7 +13,10 @@ cosine of each side's vectors to the peer's; then LogisticRegression(max_iter=20
 accuracy on SST-2's 872 labelled test sentences.
 
     python benchmarks/bench_text_cpu.py                 # all 60,614 train sentences, ~10 min on 2 cores
-    python benchmarks/bench_text_cpu.py --limit 3000    # quick check (writes bench_text_cpu_quick.json)
+    python benchmarks/bench_text_cpu.py --limit 3000    # quick check (writes bench_text_cpu_<kind>_quick.json)
+
+Results: results/bench_text_cpu_amx.json on a CPU with AMX (bf16 default), results/bench_text_cpu_no_amx.json
+on one without (the ONNX Runtime default).
 """
 
 from __future__ import annotations
@@ -112,7 +115,8 @@ def main() -> None:
     show("ours runs", f"{figures['ours_dtype']} on {figures['ours_ran_on']} (AMX: {figures['cpu_amx']})")
     show("ours >= 2.0x encode with cosine >= 0.9999", verdict(ok))
     show("sentence-transformers backend='onnx'", onnx_backend)
-    write_results("bench_text_cpu_quick" if args.limit else "bench_text_cpu", args, figures)
+    kind = "amx" if figures["cpu_amx"] else "no_amx"  # the default differs by CPU: one result file per kind
+    write_results(f"bench_text_cpu_{kind}_quick" if args.limit else f"bench_text_cpu_{kind}", args, figures)
 
 
 if __name__ == "__main__":

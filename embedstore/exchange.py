@@ -179,26 +179,32 @@ class ImportedEncoder(Encoder):
         return self._dtype
 
     @classmethod
-    def standing_for(cls, enc: Encoder, device: str, dtype: str) -> "ImportedEncoder":
-        """Carries vectors that `enc` made elsewhere (a Ray worker), under its own identity."""
+    def standing_for(cls, enc: Encoder) -> "ImportedEncoder":
+        """Carries vectors that `enc` made elsewhere (Ray workers: each row carries its device and dtype), under
+        its own identity."""
         return cls({"spec": enc.spec, "modality": enc.modality, "config": enc.identity(), "fingerprint": enc.fingerprint,
-                    "dim": enc.dim, "unit_norm": enc.unit_norm, "versions": enc.versions()}, device, dtype)
+                    "dim": enc.dim, "unit_norm": enc.unit_norm, "versions": enc.versions()})
 
     def run(self, prepared: list) -> Embedded:  # a row without a vector (none carried) reads as non-finite
         n_tokens = np.array([c.n_tokens if c.n_tokens is not None else -1 for c in prepared], np.int64)
         return Embedded(np.stack([c.vector if c.vector is not None else np.full(self.dim, np.nan, np.float32)
                                   for c in prepared]), n_tokens if (n_tokens >= 0).any() else None,
-                        np.array([c.truncated for c in prepared], dtype=bool))
+                        np.array([c.truncated for c in prepared], dtype=bool),
+                        np.array([c.device or self.device for c in prepared], object),
+                        np.array([c.dtype or self.dtype for c in prepared], object))
 
 
 @dataclass(frozen=True)
 class _Carried:
-    """A row's content for the pipeline: its exported content hash (used as is) and its vector."""
+    """A row's content for the pipeline: its exported content hash (used as is), its vector, and where that was
+    made (recorded as it was, not as where it was merged)."""
 
     content_hash: str
     vector: np.ndarray | None
     truncated: bool
     n_tokens: int | None = None
+    device: str | None = None
+    dtype: str | None = None
 
 
 class _CarriedText(str):
@@ -208,6 +214,8 @@ class _CarriedText(str):
     vector: np.ndarray | None
     truncated: bool
     n_tokens: int | None = None
+    device: str | None = None
+    dtype: str | None = None
 
 
 def import_parquet(db: "Database", folder: str | os.PathLike, *, dataset: str | None = None,
@@ -243,22 +251,24 @@ def _records(folder: Path, manifest: dict, dim: int) -> Iterator[Record]:
                 raise InputError(f"{folder / f['name']}: vectors of {vectors.size // max(batch.num_rows, 1)} "
                                  f"values, the manifest says {dim}")
             vectors = vectors.reshape(batch.num_rows, dim)
-            keys, hashes, labels, texts, metas, truncs, tokens = (cols[c].to_pylist() for c in
-                                                                  ("key", "content_hash", "label", "text", "meta",
-                                                                   "truncated", "n_tokens"))
+            keys, hashes, labels, texts, metas, truncs, tokens, devices, dtypes = (
+                cols[c].to_pylist() for c in ("key", "content_hash", "label", "text", "meta", "truncated", "n_tokens",
+                                              "device", "dtype"))
             for i in range(batch.num_rows):
-                yield Record(keys[i], carried(texts[i], hashes[i], vectors[i], bool(truncs[i]), tokens[i]), labels[i],
-                             json.loads(metas[i]) if metas[i] else None, str(folder))
+                yield Record(keys[i], carried(texts[i], hashes[i], vectors[i], bool(truncs[i]), tokens[i], devices[i],
+                                              dtypes[i]),
+                             labels[i], json.loads(metas[i]) if metas[i] else None, str(folder))
 
 
 def carried(text: str | None, digest: str, vector: np.ndarray | None, truncated: bool,
-            n_tokens: int | None = None) -> Any:
-    """A row's content for the pipeline with its hash and vector carried (no encoder runs): the text itself when
-    the item keeps one, else a stand-in (image and audio bytes do not travel)."""
+            n_tokens: int | None = None, device: str | None = None, dtype: str | None = None) -> Any:
+    """A row's content for the pipeline with its hash, vector and provenance carried (no encoder runs): the text
+    itself when the item keeps one, else a stand-in (image and audio bytes do not travel)."""
     if text is None:
-        return _Carried(digest, vector, truncated, n_tokens)
+        return _Carried(digest, vector, truncated, n_tokens, device, dtype)
     c = _CarriedText(text)
-    c.content_hash, c.vector, c.truncated, c.n_tokens = digest, vector, truncated, n_tokens
+    c.content_hash, c.vector, c.truncated, c.n_tokens, c.device, c.dtype = (digest, vector, truncated, n_tokens,
+                                                                           device, dtype)
     return c
 
 

@@ -37,6 +37,9 @@ def matrix(db, dataset: str) -> tuple[list, np.ndarray, list]:
 
 
 def test_round_trip_keeps_vectors_bit_identical_and_the_fingerprint(source, tmp_path):
+    table = source.resolve_encoder("hashing:64", "t").table
+    with source.writing(), source.transaction() as con:  # vectors made elsewhere: their provenance travels with them
+        con.execute(f"UPDATE {table} SET device = 'cuda:0', dtype = 'bfloat16' WHERE hash_hex(content_hash) < '8'")
     manifest = source.export_parquet("t", tmp_path / "ex")
     assert manifest["rows"] == 1200 and len(manifest["files"]) > 1  # the skipped row has no vector
     assert sum(pq.ParquetFile(tmp_path / "ex" / f["name"]).metadata.num_rows for f in manifest["files"]) == 1200
@@ -48,6 +51,9 @@ def test_round_trip_keeps_vectors_bit_identical_and_the_fingerprint(source, tmp_
         assert k1 == k2 and h1 == h2 and np.array_equal(x1.view(np.uint32), x2.view(np.uint32))
         enc = "SELECT fingerprint, spec, dim, config, unit_norm FROM encoders"
         assert other.sql(enc).rows() == source.sql(enc).rows()
+        made = f"SELECT hash_hex(content_hash), device, dtype FROM {table} ORDER BY 1"
+        assert other.sql(made).rows() == source.sql(made).rows()
+        assert {r[1:] for r in other.sql(made).rows()} == {("cpu", "float32"), ("cuda:0", "bfloat16")}
         items = "SELECT key, label, text, meta FROM item_status WHERE status = 'ok' ORDER BY key"
         assert other.sql(items).rows() == source.sql(items).rows()
         q = "sentence 7 about cats and 5 more"

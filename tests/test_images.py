@@ -584,6 +584,24 @@ def test_a_bad_or_disagreeing_onnx_export_is_refused_or_replaced_by_torch(lite0,
     assert np.allclose(auto.embed([img]).vectors, want, atol=1e-5)
 
 
+def test_an_export_killed_part_way_leaves_nothing_for_long(tmp_path):
+    """kill -9 during an export leaves its temporary file: the next export to that path removes it (its process
+    is gone), never a live export's (this process's, another host's)."""
+    import socket
+    import subprocess
+    from embedstore.encoders import onnx_runtime
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path, host = tmp_path / "abc.onnx", socket.gethostname()
+    left = [tmp_path / f".abc.{host}.{dead.pid}.1.tmp", tmp_path / f".abc.{host}.{dead.pid}.1.fp32.tmp"]
+    live = [tmp_path / f".abc.{host}.{os.getpid()}.7.tmp", tmp_path / f".abc.otherhost.{dead.pid}.1.tmp",
+            tmp_path / f".abd.{host}.{dead.pid}.1.tmp"]
+    for f in left + live:
+        f.write_bytes(b"half an export")
+    onnx_runtime._remove_dead_exports(path)
+    assert [f.exists() for f in left + live] == [False, False, True, True, True]
+
+
 def test_runtime_onnx_is_refused_where_it_cannot_run(tmp_path):
     from embedstore.encoders import get_encoder
     with pytest.raises(InputError, match="runtime=onnx is not available .*runs on the CPU, and this encoder runs on cuda"):

@@ -181,6 +181,31 @@ def test_bad_rows_and_reader_errors_are_the_local_engines(store, tmp_path):
         store.ingest(Files([str(src), str(other)]), dataset="e", encoder=ENC, engine="ray", progress=False)
 
 
+def test_the_merge_records_the_device_and_dtype_of_each_row(store, tmp_path):
+    """Workers of a mixed cluster (a GPU node in bf16, a CPU node) stage shards of different provenance: each
+    stored vector keeps the device and dtype that made it, not those of the first shard merged."""
+    import pyarrow as pa
+    from embedstore.encoders import get_encoder
+    src = tmp_path / "rows.tsv"
+    src.write_text("text\n" + "".join(f"row {i} of a mixed cluster\n" for i in range(40)))
+    recs = list(ray_engine._record_rows(iter(open_source(str(src), TableOptions(), None, "text")), True))
+    table = pa.Table.from_pylist(recs, ray_engine.SCHEMA)
+    embedder = ray_engine._Embedder(ENC, "text")
+    cpu, gpu = embedder(table.slice(0, 15)), embedder(table.slice(15))
+    for name, value in (("device", "cuda:0"), ("dtype", "bfloat16")):
+        gpu = gpu.set_column(gpu.column_names.index(name), name, pa.array([value] * gpu.num_rows, pa.string()))
+    folder = tmp_path / "staged"
+    folder.mkdir()
+    names = [ray_engine._write_shard(t, str(folder)).column("shard")[0].as_py() for t in (cpu, gpu)]
+    ray_engine.merge_shards(store, get_encoder(ENC), folder, iter(names), "d", None, False, False, str(src), 40)
+    rec = store.resolve_encoder(ENC, "d")
+    got = dict((k, (d, t)) for k, d, t in store.sql(f"SELECT i.key, e.device, e.dtype FROM items i JOIN {rec.table} e "
+                                                    "USING (content_hash)").rows())
+    want = {k: (d, t) for part in (cpu, gpu) for k, d, t in zip(*(part.column(c).to_pylist()
+                                                                 for c in ("key", "device", "dtype")))}
+    assert got == want and len(got) == 40 and set(got.values()) == {("cpu", "float32"), ("cuda:0", "bfloat16")}
+
+
 def test_delete_dataset_removes_the_shards_a_stopped_run_left(store, tmp_path):
     from embedstore.store import layout
     src = make_rows(tmp_path / "rows.tsv", 50)

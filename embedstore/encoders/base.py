@@ -33,6 +33,8 @@ class Embedded:
     vectors: np.ndarray                  # float32 [n, dim]
     n_tokens: np.ndarray | None = None   # int [n] input length in model units before truncation
     truncated: np.ndarray | None = None  # bool [n]
+    devices: np.ndarray | None = None    # str [n] where each vector was made, when rows differ (vectors carried
+    dtypes: np.ndarray | None = None     # from Ray workers or an export); None: the encoder's ran_on and dtype
 
 
 class Encoder(ABC):
@@ -135,15 +137,19 @@ class Encoder(ABC):
         vectors = np.empty((n, self.dim), dtype=np.float32)
         n_tokens = np.full(n, -1, dtype=np.int64)
         truncated = np.zeros(n, dtype=bool)
+        per_row: dict[str, np.ndarray] = {}  # devices/dtypes, once a batch gives them
         for idx, out in zip(batches, self._pipelined(contents, batches)):
             vectors[idx] = out.vectors
             if out.n_tokens is not None:
                 n_tokens[idx] = out.n_tokens
             if out.truncated is not None:
                 truncated[idx] = out.truncated
+            for field, own in (("devices", "ran_on"), ("dtypes", "dtype")):
+                if getattr(out, field) is not None:
+                    per_row.setdefault(field, np.full(n, getattr(self, own), object))[idx] = getattr(out, field)
             if progress:
                 progress(len(idx))
-        return Embedded(vectors, n_tokens if (n_tokens >= 0).any() else None, truncated)
+        return Embedded(vectors, n_tokens if (n_tokens >= 0).any() else None, truncated, **per_row)
 
     def _pipelined(self, contents: Sequence, batches: list[np.ndarray]) -> Iterator[Embedded]:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedstore-prepare") as pool:
@@ -184,7 +190,8 @@ class Encoder(ABC):
         parts = [self._run_or_halve([prepare(p)], p, prepare) for p in (items[:half], items[half:])]
         return Embedded(np.concatenate([p.vectors for p in parts]),
                         *(None if any(getattr(p, f) is None for p in parts) else
-                          np.concatenate([getattr(p, f) for p in parts]) for f in ("n_tokens", "truncated")))
+                          np.concatenate([getattr(p, f) for p in parts])
+                          for f in ("n_tokens", "truncated", "devices", "dtypes")))
 
 
 def _out_of_memory(e: BaseException) -> bool:

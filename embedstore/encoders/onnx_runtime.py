@@ -16,6 +16,7 @@ import importlib.util
 import json
 import logging
 import os
+import socket
 import threading
 import warnings
 from pathlib import Path
@@ -111,6 +112,26 @@ def _as_inputs(example: Any) -> dict[str, Any]:
     return dict(example) if isinstance(example, dict) else {"input": example}
 
 
+def _remove_dead_exports(path: Path) -> None:
+    """Delete the temporary files of exports to `path` that a killed process left (on this host: a cache folder
+    shared by several machines holds other hosts' live exports too)."""
+    host = socket.gethostname()
+    for old in path.parent.glob(f".{path.stem}.{host}.*.tmp"):
+        pid = old.name[len(f".{path.stem}.{host}."):].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            old.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _export(module: Any, example: Any, path: Path, quantize: str = "none") -> None:
     """Trace `module` on `example` to ONNX (batch axis dynamic, and the token axis of 2-D integer inputs), then
     quantise it when asked (`int8`: int8 weights with a scale per output channel, activations quantised per batch
@@ -118,7 +139,8 @@ def _export(module: Any, example: Any, path: Path, quantize: str = "none") -> No
     import torch
     inputs = _as_inputs(example)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+    _remove_dead_exports(path)
+    tmp = path.with_name(f".{path.stem}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
     traced = tmp.with_suffix(".fp32.tmp") if quantize != "none" else tmp
     dynamic = {k: ({0: "n", 1: "tokens"} if v.ndim == 2 and not v.is_floating_point() else {0: "n"})
                for k, v in inputs.items()}

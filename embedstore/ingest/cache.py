@@ -172,8 +172,9 @@ def _embed(enc: Encoder, dim: int, todo: list[str], content_of: dict, vec_of: di
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(out.vectors[keep].ravel(), pa.float32()), dim),
         "n_tokens": pa.array(out.n_tokens[keep] if out.n_tokens is not None else [None] * len(keep), pa.int32()),
         "truncated": pa.array(truncated[keep]),
-        "device": pa.array([enc.ran_on] * len(keep), pa.string()),
-        "dtype": pa.array([enc.dtype] * len(keep), pa.string()),
+        "device": pa.array(list(out.devices[keep]) if out.devices is not None else [enc.ran_on] * len(keep),
+                           pa.string()),
+        "dtype": pa.array(list(out.dtypes[keep]) if out.dtypes is not None else [enc.dtype] * len(keep), pa.string()),
     }), failed
 
 

@@ -253,7 +253,7 @@ class _Shards:
     rows: int = 0
     escaped: int = 0
 
-    def records(self, names: Iterator[str], fingerprint: str, dim: int, carriers: dict) -> Iterator[Record]:
+    def records(self, names: Iterator[str], fingerprint: str, dim: int) -> Iterator[Record]:
         import pyarrow.parquet as pq
         while True:
             if self.wait:
@@ -271,10 +271,9 @@ class _Shards:
                 raise InputError(f"{path.name}: vectors of fingerprint {sorted(fps - {fingerprint})[0][:12]}, but this "
                                  f"ingest's encoder has {fingerprint[:12]}: a worker loaded other weights or "
                                  f"settings. Give every node the same model files; the shard was moved to {refused}")
-            if not carriers and table.num_rows:
-                carriers.update(device=table.column("device")[0].as_py(), dtype=table.column("dtype")[0].as_py())
             cols = {c: table.column(c).to_pylist() for c in ("key", "text", "label", "meta", "source", "reason",
-                                                             "content_hash", "truncated", "n_tokens")}
+                                                             "content_hash", "truncated", "n_tokens", "device",
+                                                             "dtype")}
             self.escaped += sum(table.column("escaped").to_pylist())
             vec = table.column("vector").combine_chunks()
             valid = vec.is_valid().to_numpy(zero_copy_only=False)
@@ -283,7 +282,7 @@ class _Shards:
             for i in range(table.num_rows):
                 h = cols["content_hash"][i]
                 content = carried(cols["text"][i], h, matrix[at[i]] if valid[i] else None, bool(cols["truncated"][i]),
-                                  cols["n_tokens"][i]) if h is not None else None
+                                  cols["n_tokens"][i], cols["device"][i], cols["dtype"][i]) if h is not None else None
                 yield Record(cols["key"][i], content, cols["label"][i],
                              json.loads(cols["meta"][i]) if cols["meta"][i] else None, cols["source"][i],
                              cols["reason"][i])
@@ -301,12 +300,12 @@ def merge_shards(db: "Database", enc: Encoder, folder: Path, names: Iterator[str
     """Feed the shards `names` of `folder` (in that order, as they finish) through the single-writer ingest into
     `dataset`, as vectors `enc` made; each shard is deleted once its rows are committed. None when there were
     no shards."""
-    shards, carriers = _Shards(folder, db.release), {}
-    records = shards.records(names, enc.fingerprint, enc.dim, carriers)
-    first = next(records, None)  # the first shard names the device and dtype the workers ran
+    shards = _Shards(folder, db.release)
+    records = shards.records(names, enc.fingerprint, enc.dim)
+    first = next(records, None)
     if first is None:
         return None
-    merger = ImportedEncoder.standing_for(enc, carriers.get("device", enc.device), carriers.get("dtype", "float32"))
+    merger = ImportedEncoder.standing_for(enc)  # each row carries the device and dtype its worker ran
     report = ingest_source(db, merger, Source(name, itertools.chain([first], records), total), dataset=dataset,
                            label_column=label_column, replace=replace, progress=progress, on_commit=shards.committed)
     shards.committed(shards.rows)
