@@ -369,17 +369,19 @@ def section_model(ctx: Context) -> dict:
     for key, (arch, px) in models.items():
         m = timm.create_model(arch, num_classes=0).to(dev).eval()
         x = torch.randn(batch, 3, px, px, device=dev).contiguous(memory_format=torch.channels_last)
-        res[key] = model_rate(m, x, dev)
+        res[key] = model_rate(m, x, dev, ctx.n(20, 2))
     d = ctx.tmp / "minilm-random"
     if d.exists():
         m = AutoModel.from_pretrained(d).to(dev).eval()
         ids = torch.randint(1000, 2000, (ctx.n(512, 2), 32), device=dev)
-        res["minilm_l6_32_tokens"] = model_rate(m, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, dev)
+        res["minilm_l6_32_tokens"] = model_rate(m, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, dev,
+                                                ctx.n(20, 2))
     nt = ctx.tmp / "nt-random"
     if nt.exists():
         m = AutoModel.from_pretrained(nt).to(dev).eval()
         ids = torch.randint(5, 4000, (ctx.n(64, 2), 168), device=dev)
-        res["dna_nt50m_1kb"] = model_rate(m, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, dev)
+        res["dna_nt50m_1kb"] = model_rate(m, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, dev,
+                                          ctx.n(20, 2))
     for v in res.values():
         if isinstance(v, dict):
             v["of_spec_peak"] = v["flop_per_s"] / res["spec_peak_bf16"] if res.get("spec_peak_bf16") else None
@@ -387,17 +389,18 @@ def section_model(ctx: Context) -> dict:
     return res
 
 
-def model_rate(model, inputs, dev: str) -> dict:
+def model_rate(model, inputs, dev: str, passes: int) -> dict:
+    """bf16 forward passes per second (after as many to warm up) and the FLOP/s they reach."""
     import torch
     flops = forward_flops(model, inputs)
 
     def run():
         with torch.inference_mode(), torch.autocast(dev.split(":")[0], dtype=torch.bfloat16):
-            for _ in range(20):
+            for _ in range(passes):
                 model(**inputs) if isinstance(inputs, dict) else model(inputs)
     run()
     t, _ = clock(run, dev)
-    return {"flop_per_s": 20 * flops / t, "passes_per_s": 20 / t}
+    return {"flop_per_s": passes * flops / t, "passes_per_s": passes / t}
 
 
 SECTIONS = {"text": section_text, "images": section_images, "dna": section_dna, "model": section_model}
