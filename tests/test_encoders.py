@@ -87,7 +87,7 @@ def test_auto_on_cpu_is_bf16_on_amx_else_onnx_runtime_and_agrees_with_fp32_per_s
     assert cos(minilm.embed(texts).vectors, ref).min() >= 0.9999
 
 
-def test_text_runtime_choice_and_refusals(minilm):
+def test_text_runtime_choice_and_refusals(minilm, tmp_path, monkeypatch):
     """runtime=torch and runtime=onnx are what they say (onnx is float32 even where auto would run bf16), and the
     same fingerprint; combinations that cannot run are refused with the way out."""
     torch_enc, onnx_enc = get_encoder("minilm?runtime=torch"), get_encoder("minilm?runtime=onnx")
@@ -101,6 +101,13 @@ def test_text_runtime_choice_and_refusals(minilm):
     with pytest.raises(InputError, match="quantize=int8 runs in ONNX Runtime, not torch"):
         get_encoder("minilm?quantize=int8&runtime=torch")
     assert get_encoder("minilm?runtime=torch&device=cuda")._onnx is None  # torch on CUDA: no export attempted
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("EMBEDSTORE_MODEL_CACHE", str(tmp_path / "a-file"))  # nowhere to export to
+    with pytest.raises(EncoderUnavailableError, match="set EMBEDSTORE_MODEL_CACHE to a writable folder"):
+        _ = get_encoder("minilm?runtime=onnx&max_length=100")._onnx
+    fallback = get_encoder("minilm?max_length=100")
+    if fallback.dtype == "float32":  # auto would run ONNX Runtime here: it runs torch instead, with a warning
+        assert fallback.ran_on == "cpu" and fallback.embed(SENTENCES).vectors.shape == (len(SENTENCES), 384)
 
 
 def test_truncation_is_recorded_per_item(minilm, store):

@@ -191,8 +191,10 @@ def load(module: Any, example: Any, fingerprint: str, spec: str, quantize: str =
         try:
             _export(module, example, path, quantize)
         except Exception as e:  # the exporter's failures have no common type
+            where = (f" (the cache folder {path.parent}: set EMBEDSTORE_MODEL_CACHE to a writable folder with room)"
+                     if isinstance(e, OSError) else "")
             raise EncoderUnavailableError(f"encoder {spec!r}: the model could not be exported to ONNX "
-                                          f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}); "
+                                          f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}){where}; "
                                           f"{instead}") from None
         try:
             model = OnnxModel(path)
