@@ -100,7 +100,13 @@ def test_text_runtime_choice_and_refusals(minilm, tmp_path, monkeypatch):
         _ = get_encoder("minilm?runtime=onnx&device=cuda")._onnx
     with pytest.raises(InputError, match="quantize=int8 runs in ONNX Runtime, not torch"):
         get_encoder("minilm?quantize=int8&runtime=torch")
-    assert get_encoder("minilm?runtime=torch&device=cuda")._onnx is None  # torch on CUDA: no export attempted
+    fresh, ready = get_encoder("minilm"), []  # the runtime is chosen before the prefetch thread tokenises (the
+    real = fresh.prepare                      # export's probe uses the same tokenizer: not thread-safe)
+    fresh.prepare = lambda texts: (ready.append("_onnx" in fresh.__dict__), real(texts))[1]
+    fresh.embed(SENTENCES * 20)
+    assert ready and all(ready)
+    untouched = get_encoder("minilm")
+    assert "onnxruntime" in untouched.versions() and "_onnx" not in untouched.__dict__  # versions() exports nothing
     (tmp_path / "a-file").write_text("not a folder")
     monkeypatch.setenv("EMBEDSTORE_MODEL_CACHE", str(tmp_path / "a-file"))  # nowhere to export to
     with pytest.raises(EncoderUnavailableError, match="set EMBEDSTORE_MODEL_CACHE to a writable folder"):

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import time
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -585,8 +586,8 @@ def test_a_bad_or_disagreeing_onnx_export_is_refused_or_replaced_by_torch(lite0,
 
 
 def test_an_export_killed_part_way_leaves_nothing_for_long(tmp_path):
-    """kill -9 during an export leaves its temporary file: the next export to that path removes it (its process
-    is gone), never a live export's (this process's, another host's)."""
+    """kill -9 during an export leaves its temporary file: a later export to that path removes it (its process is
+    gone, the file over an hour old), never a live export's (this process's, another host's, a recent one)."""
     import socket
     import subprocess
     from embedstore.encoders import onnx_runtime
@@ -596,10 +597,13 @@ def test_an_export_killed_part_way_leaves_nothing_for_long(tmp_path):
     left = [tmp_path / f".abc.{host}.{dead.pid}.1.tmp", tmp_path / f".abc.{host}.{dead.pid}.1.fp32.tmp"]
     live = [tmp_path / f".abc.{host}.{os.getpid()}.7.tmp", tmp_path / f".abc.otherhost.{dead.pid}.1.tmp",
             tmp_path / f".abd.{host}.{dead.pid}.1.tmp"]
-    for f in left + live:
+    recent = tmp_path / f".abc.{host}.{dead.pid}.2.tmp"
+    for f in left + live + [recent]:
         f.write_bytes(b"half an export")
+        if f != recent:
+            os.utime(f, (time.time() - 2 * onnx_runtime.STALE_EXPORT_S,) * 2)
     onnx_runtime._remove_dead_exports(path)
-    assert [f.exists() for f in left + live] == [False, False, True, True, True]
+    assert [f.exists() for f in left + live + [recent]] == [False, False, True, True, True, True]
 
 
 def test_runtime_onnx_is_refused_where_it_cannot_run(tmp_path):

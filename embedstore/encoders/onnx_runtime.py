@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -31,8 +32,8 @@ from embedstore.errors import EncoderUnavailableError, InputError
 log = logging.getLogger(__name__)
 
 RUNTIME = Option("runtime", "choice", "auto", ("auto", "torch", "onnx"),
-                 help="on CPU: onnx (ONNX Runtime, exported once and cached), torch, or auto (onnx when onnx and "
-                      "onnxruntime are installed); CUDA always runs torch")
+                 help="on CPU: onnx (ONNX Runtime, float32, exported once and cached), torch, or auto (onnx where onnx "
+                      "and onnxruntime are installed, except st: models on AMX CPUs: bf16 torch); CUDA runs torch")
 OPSET = 17
 EXPORT_VERSION = 1  # bump when the exported graph's contract changes: old cache entries are then left unused
 AGREEMENT = 0.9999  # cosine every probe vector must reach against torch
@@ -112,14 +113,22 @@ def _as_inputs(example: Any) -> dict[str, Any]:
     return dict(example) if isinstance(example, dict) else {"input": example}
 
 
+STALE_EXPORT_S = 3600  # a temporary export file this old, of a process gone, was left by a killed export
+
+
 def _remove_dead_exports(path: Path) -> None:
-    """Delete the temporary files of exports to `path` that a killed process left (on this host: a cache folder
-    shared by several machines holds other hosts' live exports too)."""
-    host = socket.gethostname()
+    """Delete the temporary files of exports to `path` that a killed process left: of this host (a cache folder
+    shared by several machines holds other hosts' live exports too), of a PID that is gone, and over an hour old
+    (containers sharing a host name and a cache folder do not see each other's PIDs). What cannot be deleted
+    (another user's file) is left."""
+    host, now = socket.gethostname(), time.time()
     for old in path.parent.glob(f".{path.stem}.{host}.*.tmp"):
         pid = old.name[len(f".{path.stem}.{host}."):].split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            old.unlink(missing_ok=True)
+        try:
+            if pid.isdigit() and not _alive(int(pid)) and now - old.stat().st_mtime > STALE_EXPORT_S:
+                old.unlink()
+        except OSError:
+            pass
 
 
 def _alive(pid: int) -> bool:

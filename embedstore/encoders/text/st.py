@@ -98,10 +98,19 @@ class SentenceTransformerEncoder(TransformerTextEncoder):
         return "int8" if self.quantized else self._dtype
 
     def versions(self) -> dict:
-        if self._onnx is None:
+        """onnxruntime's version wherever it may run this encoder: read without exporting or loading anything (the
+        catalog asks inside a transaction, a Ray driver asks without ever embedding)."""
+        if self.opts["runtime"] == "torch" or onnx_runtime.missing():
             return super().versions()
         import onnxruntime
         return {**super().versions(), "onnxruntime": onnxruntime.__version__}
+
+    def embed(self, contents: Any, progress: Any = None) -> Embedded:
+        """The runtime is chosen (and the graph exported) before the prefetch thread starts tokenising: the export's
+        probe uses the same tokenizer, which is not safe to call from two threads."""
+        if len(contents):
+            _ = self._onnx
+        return super().embed(contents, progress)
 
     @property
     def ran_on(self) -> str:
